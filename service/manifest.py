@@ -1,0 +1,168 @@
+"""The model manifest: the contract that training writes and the service validates."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+MANIFEST_FILE = "manifest.json"
+ONNX_FILE = "model.onnx"
+SCHEMA_VERSION = 1
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be read or does not satisfy the contract."""
+
+
+class Provenance(BaseModel):
+    """How the generator was made: enough to reproduce it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str
+    data: str
+    steps: int = Field(ge=0)
+    seed: int
+    config: dict[str, Any]
+    wall_time_s: float = Field(ge=0)
+    library_versions: dict[str, str]
+    train_command: str | None = None
+    export_command: str | None = None
+    exported_weights: Literal["ema", "raw"] = "ema"
+    dry_run: bool = False  # trained on fake data by `--dry-run`: a plumbing test, not a model
+
+
+class QualityGate(BaseModel):
+    """A threshold on one entry of `metrics`: the model passes when `metrics[metric] <op> threshold`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str
+    op: Literal["<=", ">="]
+    threshold: float
+
+
+class Manifest(BaseModel):
+    """Everything the service needs to know about one exported generator version."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
+    version: int = Field(ge=1)
+    kind: Literal["image", "vector"]
+    z_dim: int = Field(ge=1, le=4096)
+    num_classes: int = Field(ge=0, le=100_000)
+    class_names: list[str]
+    # Shape of one sample: [C, H, W] for images, [D] for vectors.
+    output_shape: list[int]
+    # Images are always in [-1, 1]; vector models (2-D mixtures) are unbounded: null.
+    value_range: tuple[float, float] | None
+    input_names: list[str]
+    output_names: list[str]
+    opset: int = Field(ge=7)
+    onnx_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    created_at: datetime
+    training: Provenance
+    parity_max_abs_diff: float = Field(ge=0)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    gates: list[QualityGate] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Manifest:
+        if self.num_classes and len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"class_names has {len(self.class_names)} entries but num_classes is {self.num_classes}"
+            )
+        if not self.num_classes and self.class_names:
+            raise ValueError("class_names must be empty when num_classes is 0")
+        want_dims = 3 if self.kind == "image" else 1
+        if len(self.output_shape) != want_dims or min(self.output_shape) < 1:
+            raise ValueError(
+                f"output_shape {self.output_shape} must be {want_dims} positive dims for kind '{self.kind}'"
+            )
+        if self.kind == "image" and self.output_shape[0] not in (1, 3):
+            raise ValueError(f"output_shape channels must be 1 or 3, got {self.output_shape[0]}")
+        if self.kind == "image" and self.value_range != (-1.0, 1.0):
+            raise ValueError(f"value_range must be [-1, 1] for images, got {self.value_range}")
+        want_inputs = ["z", "c"] if self.num_classes else ["z"]
+        if self.input_names != want_inputs:
+            raise ValueError(f"input_names must be {want_inputs} for num_classes={self.num_classes}")
+        if self.output_names != ["x"]:
+            raise ValueError(f"output_names must be ['x'], got {self.output_names}")
+        for gate in self.gates:
+            if gate.metric not in self.metrics and self.metrics:
+                raise ValueError(f"gate on '{gate.metric}' but metrics has no such entry")
+        return self
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    parts = []
+    for item in error.errors():
+        field = ".".join(str(p) for p in item["loc"]) or "(manifest)"
+        parts.append(f"field '{field}': {item['msg']}")
+    return f"{source}: invalid manifest: " + "; ".join(parts)
+
+
+def parse_manifest(data: dict[str, Any], source: str = "manifest") -> Manifest:
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as error:
+        raise ManifestError(_describe(error, source)) from None
+
+
+def load_manifest(path: str | os.PathLike[str]) -> Manifest:
+    """Read and validate a manifest.json; every failure is a ManifestError naming the file and field."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: manifest file is missing") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ManifestError(f"{path}: cannot read manifest: {error}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ManifestError(f"{path}: not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ManifestError(f"{path}: manifest must be a JSON object, got {type(data).__name__}")
+    return parse_manifest(data, str(path))
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_manifest(manifest: Manifest, path: str | os.PathLike[str]) -> None:
+    text = manifest.model_dump_json(indent=2) + "\n"
+    atomic_write_bytes(Path(path), text.encode("utf-8"))
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,100 @@
+"""Command line: `python -m training train|export ...`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from service.manifest import Manifest
+from training.config import PRESETS, TrainConfig, parse_overrides, preset_config
+from training.data import SOURCES, DataError
+from training.export import ExportError, export
+from training.loop import CHECKPOINT, ResumeError, train
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    t = commands.add_parser("train", help="train a generator (resumable)")
+    t.add_argument("--preset", choices=sorted(PRESETS), help="required unless --resume")
+    t.add_argument("--data", choices=SOURCES, help="data source (default: the preset's)")
+    t.add_argument("--data-dir", help="IDX folder, image folder or .npz file")
+    length = t.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, help="generator steps")
+    length.add_argument("--epochs", type=float, help="passes over the data set (converted to steps)")
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--image-size", type=int, help="folder data: resize images to this square size")
+    t.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config field")
+    t.add_argument("--run-dir", required=True, type=Path)
+    t.add_argument("--resume", action="store_true", help="continue the checkpoint in --run-dir")
+    t.add_argument("--dry-run", action="store_true", help="2 steps on fake data: tests the plumbing")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    e = commands.add_parser("export", help="export a run's generator to ONNX with a manifest")
+    e.add_argument("--run-dir", required=True, type=Path)
+    e.add_argument("--model-dir", required=True, type=Path)
+    e.add_argument("--name", required=True)
+    e.add_argument("--version", type=int, help="default: one above the highest existing version")
+    e.add_argument("--weights", choices=("ema", "raw"), default="ema", help="default: the EMA generator")
+    return parser
+
+
+def _config(args: argparse.Namespace) -> TrainConfig:
+    flags = {
+        "data": args.data,
+        "data_dir": args.data_dir,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "image_size": args.image_size,
+        "device": args.device,
+    }
+    overrides = {k: v for k, v in flags.items() if v is not None} | parse_overrides(args.set)
+    if args.resume and args.preset is None:
+        saved = args.run_dir / "config.json"
+        if not saved.is_file():
+            raise ResumeError(f"{saved}: not found; is {args.run_dir} a run directory?")
+        return dataclasses.replace(TrainConfig(**json.loads(saved.read_text())), **overrides)
+    if args.preset is None:
+        raise ValueError("--preset is required (or --resume an existing --run-dir)")
+    return preset_config(args.preset, **overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command = shlex.join(["python", "-m", "training", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        if args.command == "train":
+            cfg = _config(args)
+            path = train(
+                cfg, args.run_dir, resume=args.resume, dry_run=args.dry_run, epochs=args.epochs,
+                command=command, progress=not args.no_progress,
+            )  # fmt: skip
+            print(f"checkpoint: {path}")
+        else:
+            target = export(
+                args.run_dir, args.model_dir, args.name, args.version, weights=args.weights, command=command
+            )
+            manifest = Manifest.model_validate_json((target / "manifest.json").read_text())
+            print(f"exported {target} (parity max |diff| {manifest.parity_max_abs_diff:.2e})")
+    except (DataError, ExportError, ResumeError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"interrupted; continue with --resume (checkpoint in {args.run_dir / CHECKPOINT})",
+            file=sys.stderr,
+        )
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

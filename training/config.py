@@ -1,0 +1,159 @@
+"""Training configuration: one frozen dataclass, presets as a data table, overrides by `replace`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+Arch = Literal["mlp", "dcgan"]
+LossName = Literal["minimax", "nonsaturating", "wgan-gp", "hinge", "lsgan"]
+DNorm = Literal["batch", "layer", "none"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    preset: str
+    data: str
+    arch: Arch
+    loss: LossName
+    conditional: bool = False
+    z_dim: int = 100
+    g_width: int = 64  # MLP: hidden units; DCGAN: ngf (channels of the last hidden layer)
+    d_width: int = 64  # MLP: hidden units; DCGAN: ndf (channels of the first layer)
+    mlp_layers: int = 2  # hidden layers in each MLP network
+    spectral_norm: bool = False  # on every discriminator layer
+    d_norm: DNorm = "batch"  # normalisation inside D (WGAN-GP needs a per-sample one: none or layer)
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    batch_size: int = 64
+    steps: int = 1000  # generator steps; --epochs converts to steps
+    n_critic: int = 1  # discriminator steps per generator step
+    gp_lambda: float = 10.0
+    ema_decay: float = 0.999  # 0 disables the EMA copy of G
+    seed: int = 0
+    data_dir: str | None = None
+    image_size: int | None = None  # folder data: resize to this square size
+    channels: int | None = None  # folder data: 1 (grey) or 3 (RGB); None infers from the images
+    log_every: int = 50
+    sample_every: int = 500
+    checkpoint_every: int = 1000
+    device: Device = "auto"
+    num_threads: int | None = None  # CPU threads; None = the cores this process may use
+
+    def __post_init__(self) -> None:
+        positive = ("z_dim", "g_width", "d_width", "mlp_layers", "batch_size", "n_critic", "log_every")
+        for name in (*positive, "sample_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0, got {self.steps}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.loss == "wgan-gp" and self.d_norm == "batch":
+            raise ValueError("loss 'wgan-gp' needs a per-sample critic: set d_norm to 'none' or 'layer'")
+        if self.channels not in (None, 1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+_DCGAN = dict(arch="dcgan", z_dim=100, g_width=64, d_width=64, batch_size=64, lr_g=2e-4, lr_d=2e-4)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Vanilla GAN (Goodfellow et al. 2014): MLPs and the minimax objective as written in the paper.
+    "mlp": dict(
+        data="mnist",
+        arch="mlp",
+        loss="minimax",
+        z_dim=64,
+        g_width=256,
+        d_width=256,
+        batch_size=64,
+        ema_decay=0.0,
+        d_norm="none",
+    ),
+    # DCGAN (Radford et al. 2016) with the non-saturating loss; the pytorch/examples hyperparameters.
+    "dcgan": dict(data="fashion-mnist", loss="nonsaturating", **_DCGAN),
+    # Conditional DCGAN: the same networks with num_classes > 0 (G gets c, D uses projection).
+    "cgan": dict(
+        data="fashion-mnist", loss="hinge", conditional=True, spectral_norm=True, d_norm="none", **_DCGAN
+    ),
+    # WGAN-GP (Gulrajani et al. 2017): a loss plus n_critic, Adam(1e-4, 0, 0.9), no batch norm in D.
+    "wgan-gp": dict(
+        data="fashion-mnist",
+        loss="wgan-gp",
+        n_critic=5,
+        d_norm="layer",
+        **{**_DCGAN, "lr_g": 1e-4, "lr_d": 1e-4, "beta1": 0.0, "beta2": 0.9},
+    ),
+    # 2-D mixtures (VEEGAN/GDPP lineage sizes): MLP G and D, 128 units, batch 512.
+    "toy2d": dict(
+        data="grid25",
+        arch="mlp",
+        loss="nonsaturating",
+        z_dim=32,
+        g_width=128,
+        d_width=128,
+        mlp_layers=3,
+        batch_size=512,
+        lr_g=1e-3,
+        lr_d=1e-4,
+        d_norm="none",
+        sample_every=1000,
+    ),
+}
+
+
+def preset_config(name: str, **overrides: Any) -> TrainConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset '{name}'; choose one of {sorted(PRESETS)}")
+    return TrainConfig(preset=name, **{**PRESETS[name], **overrides})
+
+
+def _coerce(field_type: Any, name: str, text: str) -> Any:
+    """Turn a command-line string into the type of a config field."""
+    hints = typing.get_type_hints(TrainConfig)
+    kind = hints[name]
+    options = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+    if text.lower() in ("none", "null") and type(None) in options:
+        return None
+    for option in options:
+        if option is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+        elif option in (int, float, str):
+            try:
+                return option(text)
+            except ValueError:
+                continue
+        elif typing.get_origin(option) is Literal and text in typing.get_args(option):
+            return text
+    raise ValueError(f"--set {name}={text}: cannot read '{text}' as {field_type}")
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Parse `--set key=value` items against the TrainConfig fields."""
+    known = {f.name: f.type for f in fields(TrainConfig)}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects key=value, got '{item}'")
+        if key not in known or key == "preset":
+            raise ValueError(f"--set {key}: unknown config field; known: {sorted(set(known) - {'preset'})}")
+        out[key] = _coerce(known[key], key, value)
+    return out

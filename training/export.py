@@ -1,0 +1,210 @@
+"""Export a run's generator to `MODELS/NAME/VERSION/{model.onnx, manifest.json}`, checked against torch."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from service.manifest import MANIFEST_FILE, ONNX_FILE, Manifest, Provenance, save_manifest, sha256_file
+from training.loop import CHECKPOINT, library_versions, load_checkpoint
+from training.networks import NetSpec, build_generator
+
+PARITY_BATCHES = (1, 7, 64)
+PARITY_TOLERANCE = 1e-4
+
+
+class ExportError(RuntimeError):
+    """An export that must not produce a model: bad request, bad graph, or failed parity."""
+
+
+class Generator(nn.Module):
+    """The served signature: `x = G(z)` or `x = G(z, c)`, with named inputs for ONNX."""
+
+    def __init__(self, G: nn.Module, conditional: bool) -> None:
+        super().__init__()
+        self.G, self.conditional = G, conditional
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        return self.G(z, c if self.conditional else None)
+
+
+def load_generator(run_dir: Path, weights: str = "ema") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild G from the spec stored in the checkpoint and load the EMA (default) or raw weights."""
+    state = load_checkpoint(Path(run_dir) / CHECKPOINT)
+    spec = NetSpec(**{**state["net_spec"], "out_shape": tuple(state["net_spec"]["out_shape"])})
+    G = build_generator(spec)
+    if weights == "ema" and state["G_ema"] is None:
+        weights = "raw"  # EMA disabled in this run (ema_decay = 0): the raw weights are the model
+    G.load_state_dict(state["G_ema"] if weights == "ema" else state["G"])
+    state["exported_weights"] = weights
+    return Generator(G.eval(), spec.num_classes > 0).eval(), state
+
+
+def next_version(model_root: Path) -> int:
+    versions = [int(p.name) for p in model_root.glob("*") if p.is_dir() and p.name.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def parity_inputs(spec: dict[str, Any], batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed + batch)
+    feeds = {"z": rng.standard_normal((batch, spec["z_dim"]), dtype=np.float32)}
+    if spec["num_classes"]:
+        feeds["c"] = np.eye(spec["num_classes"], dtype=np.float32)[
+            rng.integers(spec["num_classes"], size=batch)
+        ]
+    return feeds
+
+
+def to_onnx(model: nn.Module, spec: dict[str, Any], path: Path) -> int:
+    """Write a single-file ONNX graph with a dynamic batch axis; returns its default-domain opset."""
+    import onnx
+
+    example = parity_inputs(spec, 2)
+    args = tuple(torch.from_numpy(v) for v in example.values())
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    dynamic = {name: {0: batch} for name in example}
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" notices
+    with warnings.catch_warnings():
+        # The dynamo exporter warns about its own internals (pytree spec deprecations, axis renaming).
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        torch.onnx.export(
+            model, args, str(path), input_names=list(example), output_names=["x"],
+            dynamic_shapes=dynamic, external_data=False, dynamo=True, verbose=False,
+        )  # fmt: skip
+    graph = onnx.load(str(path))
+    onnx.checker.check_model(graph)
+    return next(op.version for op in graph.opset_import if op.domain in ("", "ai.onnx"))
+
+
+def check_graph(path: Path, spec: dict[str, Any]) -> None:
+    """The ONNX contract: inputs z [N, z_dim] (and c [N, num_classes]), output x [N, *shape], float32."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    want_inputs = {"z": spec["z_dim"]} | ({"c": spec["num_classes"]} if spec["num_classes"] else {})
+    found = {i.name: i for i in graph.input}
+    if list(found) != list(want_inputs) or [o.name for o in graph.output] != ["x"]:
+        raise ExportError(f"graph has inputs {list(found)} / outputs {[o.name for o in graph.output]}")
+    shapes = {name: (found[name], [width]) for name, width in want_inputs.items()}
+    shapes["x"] = (graph.output[0], list(spec["out_shape"]))
+    for name, (value, tail) in shapes.items():
+        tensor = value.type.tensor_type
+        dims = tensor.shape.dim
+        if tensor.elem_type != onnx.TensorProto.FLOAT:
+            raise ExportError(f"{name}: element type {tensor.elem_type}, expected float32")
+        if not dims[0].dim_param or dims[0].dim_value:
+            raise ExportError(f"{name}: batch axis is not dynamic")
+        if [d.dim_value for d in dims[1:]] != tail:
+            raise ExportError(f"{name}: dims {[d.dim_value for d in dims[1:]]}, expected {tail}")
+
+
+def check_parity(model: nn.Module, spec: dict[str, Any], path: Path) -> float:
+    """Largest |torch - ONNX Runtime| over batches of 1, 7 and 64; the export fails above the tolerance."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ExportError("the parity check needs ONNX Runtime: pip install '.[cpu]' (or '.[gpu]')") from None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = len(os.sched_getaffinity(0))
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for batch in PARITY_BATCHES:
+        feeds = parity_inputs(spec, batch, seed=1)
+        with torch.no_grad():
+            expected = model(*(torch.from_numpy(v) for v in feeds.values())).numpy()
+        (got,) = session.run(["x"], feeds)
+        if got.shape != expected.shape:
+            raise ExportError(f"parity at batch {batch}: ONNX shape {got.shape}, torch {expected.shape}")
+        worst = max(worst, float(np.abs(got - expected).max()))
+    if not np.isfinite(worst) or worst > PARITY_TOLERANCE:
+        raise ExportError(f"parity failed: max |torch - onnx| = {worst:.3g} > {PARITY_TOLERANCE:g}")
+    return worst
+
+
+def export_versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import onnxscript
+
+    versions = {"onnx": onnx.__version__, "onnxscript": onnxscript.__version__}
+    return versions | {"onnxruntime": onnxruntime.__version__}
+
+
+def export(
+    run_dir: Path,
+    model_dir: Path,
+    name: str,
+    version: int | None = None,
+    *,
+    weights: str = "ema",
+    command: str | None = None,
+) -> Path:
+    """Export and verify; returns the new version folder. Nothing is left behind when a check fails."""
+    # Step 1. The generator, rebuilt from the checkpoint alone.
+    model, state = load_generator(run_dir, weights)
+    spec, cfg, data = state["net_spec"], state["config"], state["data_spec"]
+    model_root = Path(model_dir) / name
+    if version is None:
+        version = next_version(model_root)
+    if version < 1:
+        raise ExportError(f"--version must be a positive integer, got {version}")
+    target = model_root / str(version)
+    if target.exists():
+        raise ExportError(f"{target} already exists: versions are immutable, choose another --version")
+
+    # Step 2. Graph, contract and parity, in a scratch folder beside the target.
+    model_root.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=model_root, prefix=f".{version}-"))
+    try:
+        onnx_path = scratch / ONNX_FILE
+        opset = to_onnx(model, spec, onnx_path)
+        check_graph(onnx_path, spec)
+        parity = check_parity(model, spec, onnx_path)
+
+        # Step 3. The manifest, with full provenance.
+        manifest = Manifest(
+            name=name,
+            version=version,
+            kind=spec["kind"],
+            z_dim=spec["z_dim"],
+            num_classes=spec["num_classes"],
+            class_names=list(data["class_names"]) if spec["num_classes"] else [],
+            output_shape=list(spec["out_shape"]),
+            value_range=(-1.0, 1.0) if spec["kind"] == "image" else None,
+            input_names=["z", "c"] if spec["num_classes"] else ["z"],
+            output_names=["x"],
+            opset=opset,
+            onnx_sha256=sha256_file(onnx_path),
+            created_at=datetime.now(UTC),
+            training=Provenance(
+                preset=cfg["preset"],
+                data=cfg["data"] + (f":{cfg['data_dir']}" if cfg["data_dir"] else ""),
+                steps=state["step"],
+                seed=cfg["seed"],
+                config=cfg,
+                wall_time_s=round(state["wall_time_s"], 3),
+                library_versions={**state["library_versions"], **library_versions(), **export_versions()},
+                train_command=state.get("train_command"),
+                export_command=command,
+                exported_weights=state["exported_weights"],
+                dry_run=bool(state.get("dry_run")),
+            ),
+            parity_max_abs_diff=parity,
+        )
+        save_manifest(manifest, scratch / MANIFEST_FILE)
+        os.replace(scratch, target)  # the version appears whole or not at all
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return target

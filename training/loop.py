@@ -1,0 +1,346 @@
+"""The training loop, read top to bottom under `# Step.` comments, and its atomic, exact-resume checkpoints."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import io
+import json
+import math
+import os
+import pickle
+import platform
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from service.manifest import atomic_write_bytes
+from training.config import TrainConfig
+from training.data import BUILTIN, MIXTURES, DataSpec, FakeSource, Source, builtin_spec, make_source
+from training.losses import make_loss
+from training.networks import NetSpec, build_networks
+from training.preview import save_preview
+
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1
+# Fields that may change when a run is resumed; any other difference is refused.
+RESUMABLE = {"steps", "log_every", "sample_every", "checkpoint_every", "device", "num_threads"}
+
+
+class ResumeError(ValueError):
+    """A run directory and a request that do not fit together."""
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was requested but torch.cuda.is_available() is False")
+    if requested in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def cpu_threads(requested: int | None) -> int:
+    # Threads beyond the cores this process may run on only add contention.
+    threads = requested or len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    return threads
+
+
+class StopRequest:
+    """Turns the first SIGINT/SIGTERM into a flag the loop checks between steps; a second one aborts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class EMA:
+    """Exponential moving average of G; the decay ramps up as (1 + t) / (10 + t) so short runs are not stuck at init."""
+
+    def __init__(self, G: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(G).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, G: nn.Module, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for p_ema, p in zip(self.model.parameters(), G.parameters(), strict=True):
+            p_ema.lerp_(p.detach(), 1.0 - decay)
+        for b_ema, b in zip(self.model.buffers(), G.buffers(), strict=True):
+            b_ema.copy_(b)
+
+
+def library_versions() -> dict[str, str]:
+    import numpy
+
+    return {"python": platform.python_version(), "torch": str(torch.__version__), "numpy": numpy.__version__}
+
+
+def net_spec_for(cfg: TrainConfig, data: DataSpec) -> NetSpec:
+    return NetSpec(
+        arch=cfg.arch,
+        kind=data.kind,
+        out_shape=tuple(data.shape),
+        z_dim=cfg.z_dim,
+        num_classes=data.num_classes if cfg.conditional else 0,
+        g_width=cfg.g_width,
+        d_width=cfg.d_width,
+        mlp_layers=cfg.mlp_layers,
+        spectral_norm=cfg.spectral_norm,
+        d_norm=cfg.d_norm,
+    )
+
+
+def open_source(cfg: TrainConfig, dry_run: bool) -> Source:
+    if dry_run and cfg.data in BUILTIN:
+        return FakeSource(builtin_spec(cfg.data), cfg.seed)
+    return make_source(
+        cfg.data, cfg.data_dir, seed=cfg.seed, image_size=cfg.image_size, channels=cfg.channels
+    )
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load with weights_only=True: a checkpoint holds tensors and plain data, never arbitrary pickles."""
+    if not path.is_file():
+        raise ResumeError(f"{path}: no checkpoint found")
+    try:
+        state: dict[str, Any] = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ResumeError(f"{path}: unreadable checkpoint: {first_line}") from None
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ResumeError(f"{path}: checkpoint format {state.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+    return state
+
+
+def _check_resume(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
+    changed = [
+        f"{key} ({saved.get(key)!r} -> {value!r})"
+        for key, value in cfg.to_dict().items()
+        if key not in RESUMABLE and saved.get(key) != value
+    ]
+    if changed:
+        raise ResumeError(f"{path}: --resume with a different config: {', '.join(changed)}")
+
+
+def _one_hot(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    return F.one_hot(y, num_classes).float()
+
+
+def _preview_latents(cfg: TrainConfig, spec: NetSpec, device: torch.device) -> tuple[torch.Tensor, Any]:
+    """Fixed latents for preview grids, drawn from their own generator so training RNG is untouched."""
+    gen = torch.Generator().manual_seed(cfg.seed + 1_000_000_007)
+    if spec.kind == "vector":
+        n, c = 2500, None
+    elif spec.num_classes:
+        classes = min(spec.num_classes, 10)
+        n = classes * 10
+        c = _one_hot(torch.arange(classes).repeat_interleave(10), spec.num_classes).to(device)
+    else:
+        n, c = 64, None
+    return torch.randn(n, spec.z_dim, generator=gen).to(device), c
+
+
+@torch.no_grad()
+def write_preview(G: nn.Module, z: torch.Tensor, c: torch.Tensor | None, path: Path, data_name: str) -> None:
+    was_training = G.training
+    G.eval()  # eval: BatchNorm uses (and does not update) its running statistics
+    x = G(z, c).float().cpu().numpy()
+    G.train(was_training)
+    means = MIXTURES[data_name][0]().numpy() if data_name in MIXTURES else None
+    save_preview(x, path, nrow=10 if c is not None else 8, means=means)
+
+
+def train(
+    cfg: TrainConfig,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    dry_run: bool = False,
+    epochs: float | None = None,
+    command: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train until `cfg.steps` generator steps are done; returns the checkpoint path."""
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / CHECKPOINT
+    if not resume and ckpt_path.exists():
+        raise ResumeError(f"{ckpt_path} exists: pass --resume to continue it, or choose another --run-dir")
+
+    # Step 1. Device, threads, seeds.
+    device = pick_device(cfg.device)
+    if device.type == "cpu":
+        cpu_threads(cfg.num_threads)
+    torch.manual_seed(cfg.seed)
+    latent_gen = torch.Generator(device).manual_seed(cfg.seed)
+
+    # Step 2. Data; --epochs becomes a step count over the data set's batches.
+    source = open_source(cfg, dry_run)
+    if epochs is not None:
+        per_epoch = max(1, len(source) // cfg.batch_size)
+        cfg = dataclasses.replace(cfg, steps=math.ceil(epochs * per_epoch / cfg.n_critic))
+    if dry_run:
+        cfg = dataclasses.replace(cfg, steps=min(cfg.steps, 2), log_every=1, sample_every=2)
+    spec = net_spec_for(cfg, source.spec)
+
+    # Step 3. Networks, EMA copy of G, optimisers, objective.
+    G, D = build_networks(spec)
+    G.to(device).train()
+    D.to(device).train()
+    ema = EMA(G, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
+    loss = make_loss(cfg.loss, cfg.gp_lambda)
+    amp = device.type == "cuda"  # bf16 autocast on GPUs; fp32 on the CPU
+
+    # Step 4. Resume: every network, optimiser, RNG and counter exactly as it was saved.
+    step, wall_time_s = 0, 0.0
+    if resume:
+        state = load_checkpoint(ckpt_path, device)
+        _check_resume(state["config"], cfg, ckpt_path)
+        G.load_state_dict(state["G"])
+        D.load_state_dict(state["D"])
+        if ema is not None:
+            ema.model.load_state_dict(state["G_ema"])
+        opt_g.load_state_dict(state["opt_g"])
+        opt_d.load_state_dict(state["opt_d"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if device.type == "cuda" and state["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        latent_gen.set_state(state["rng"]["latent"].to(latent_gen.device if device.type == "cpu" else "cpu"))
+        step, wall_time_s = state["step"], state["wall_time_s"]
+        command = state.get("train_command") or command
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir / "config.json")
+
+    def checkpoint() -> None:
+        save_checkpoint(
+            ckpt_path,
+            {
+                "format": CHECKPOINT_FORMAT,
+                "step": step,
+                "wall_time_s": wall_time_s,
+                "config": cfg.to_dict(),
+                "net_spec": dataclasses.asdict(spec),
+                "data_spec": dataclasses.asdict(source.spec),
+                "G": G.state_dict(),
+                "D": D.state_dict(),
+                "G_ema": ema.model.state_dict() if ema is not None else None,
+                "opt_g": opt_g.state_dict(),
+                "opt_d": opt_d.state_dict(),
+                "rng": {
+                    "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+                    "latent": latent_gen.get_state(),
+                },
+                "train_command": command,
+                "dry_run": dry_run,
+                "library_versions": library_versions(),
+            },
+        )
+
+    def latents(labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """z for a batch, and c: the given labels one-hot, or uniformly drawn ones for conditional G."""
+        z = torch.randn(cfg.batch_size, spec.z_dim, device=device, generator=latent_gen)
+        if not spec.num_classes:
+            return z, None
+        if labels is None:
+            labels = torch.randint(spec.num_classes, (cfg.batch_size,), device=device, generator=latent_gen)
+        return z, _one_hot(labels.to(device), spec.num_classes)
+
+    # Step 5. The steps: n_critic D updates on a real batch and a detached fake batch with the same
+    # labels, then one G update on freshly drawn labels. A stop request is honoured between steps only.
+    preview_z, preview_c = _preview_latents(cfg, spec, device)
+    log_file = (run_dir / "metrics.jsonl").open("a")
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, dynamic_ncols=True, unit="step")
+    window_start, window_steps = time.perf_counter(), 0
+    with StopRequest() as stop:
+        try:
+            while step < cfg.steps and not stop.requested:
+                started = time.perf_counter()
+                for i in range(cfg.n_critic):
+                    x_real, y_real = source.batch(step * cfg.n_critic + i, cfg.batch_size)
+                    x_real = x_real.to(device, non_blocking=True)
+                    z, c = latents(y_real if spec.num_classes else None)
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                        with torch.no_grad():
+                            x_fake = G(z, c)
+                        d_loss = loss.d_loss(D, x_real, x_fake, c)
+                    opt_d.zero_grad(set_to_none=True)
+                    d_loss.backward()
+                    opt_d.step()
+
+                z, c = latents(None)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    g_loss = loss.g_loss(D, G(z, c), c)
+                opt_g.zero_grad(set_to_none=True)
+                g_loss.backward()
+                opt_g.step()
+                if ema is not None:
+                    ema.update(G, step)
+                step += 1
+                wall_time_s += time.perf_counter() - started
+                window_steps += 1
+                bar.update(1)
+
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    elapsed = time.perf_counter() - window_start
+                    rate = window_steps * cfg.batch_size * cfg.n_critic / max(elapsed, 1e-9)
+                    record = {
+                        "step": step,
+                        "d_loss": d_loss.item(),
+                        "g_loss": g_loss.item(),
+                        "images_per_s": round(rate, 1),  # real images through D per second
+                        "wall_time_s": round(wall_time_s, 2),
+                    }
+                    log_file.write(json.dumps(record) + "\n")
+                    log_file.flush()
+                    bar.set_postfix(d=f"{d_loss.item():.3f}", g=f"{g_loss.item():.3f}", img_s=f"{rate:.0f}")
+                    window_start, window_steps = time.perf_counter(), 0
+                if step % cfg.sample_every == 0 or step == cfg.steps:
+                    sampler = ema.model if ema is not None else G
+                    preview = run_dir / "samples" / f"{step:07d}.png"
+                    write_preview(sampler, preview_z, preview_c, preview, cfg.data)
+                if step % cfg.checkpoint_every == 0:
+                    checkpoint()
+        finally:
+            bar.close()
+            log_file.close()
+
+    # Step 6. The final checkpoint: the resume state, and the input of `export`.
+    checkpoint()
+    if stop.requested:
+        print(f"stopped by signal: checkpoint at step {step} written to {ckpt_path}", flush=True)
+        raise KeyboardInterrupt
+    return ckpt_path
+    # Step 6. The final checkpoint: the resume state, and the input of `export`.
+    checkpoint()
+    return ckpt_path

@@ -1,0 +1,100 @@
+"""GAN objectives: one small class each, with the same interface `d_loss(D, real, fake, c)` / `g_loss(D, fake, c)`.
+
+D returns raw logits (or critic values) of shape (N,); `fake` is already detached for `d_loss`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class Loss:
+    n_critic_default = 1
+
+    def d_loss(
+        self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor, c: torch.Tensor | None
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def g_loss(self, D: nn.Module, fake: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Minimax(Loss):
+    """Goodfellow et al. 2014 as written: D maximises log D(x) + log(1 - D(G(z))), G minimises log(1 - D(G(z)))."""
+
+    def d_loss(self, D: nn.Module, real: Tensor, fake: Tensor, c: Tensor | None) -> Tensor:
+        # -log σ(l) = softplus(-l), -log(1 - σ(l)) = softplus(l)
+        return F.softplus(-D(real, c)).mean() + F.softplus(D(fake, c)).mean()
+
+    def g_loss(self, D: nn.Module, fake: Tensor, c: Tensor | None) -> Tensor:
+        return -F.softplus(D(fake, c)).mean()  # = mean log(1 - σ(l))
+
+
+class NonSaturating(Minimax):
+    """The same D objective; G maximises log D(G(z)) instead (the paper's practical variant)."""
+
+    def g_loss(self, D: nn.Module, fake: Tensor, c: Tensor | None) -> Tensor:
+        return F.softplus(-D(fake, c)).mean()
+
+
+class Hinge(Loss):
+    """Lim & Ye 2017, Miyato et al. 2018."""
+
+    def d_loss(self, D: nn.Module, real: Tensor, fake: Tensor, c: Tensor | None) -> Tensor:
+        return F.relu(1.0 - D(real, c)).mean() + F.relu(1.0 + D(fake, c)).mean()
+
+    def g_loss(self, D: nn.Module, fake: Tensor, c: Tensor | None) -> Tensor:
+        return -D(fake, c).mean()
+
+
+class LeastSquares(Loss):
+    """LSGAN (Mao et al. 2017) with the 0-1 coding: a = 0 fake, b = 1 real, G targets c = 1."""
+
+    def d_loss(self, D: nn.Module, real: Tensor, fake: Tensor, c: Tensor | None) -> Tensor:
+        return 0.5 * ((D(real, c) - 1.0) ** 2).mean() + 0.5 * (D(fake, c) ** 2).mean()
+
+    def g_loss(self, D: nn.Module, fake: Tensor, c: Tensor | None) -> Tensor:
+        return 0.5 * ((D(fake, c) - 1.0) ** 2).mean()
+
+
+def gradient_penalty(
+    D: nn.Module, real: torch.Tensor, fake: torch.Tensor, c: torch.Tensor | None, eps: torch.Tensor
+) -> torch.Tensor:
+    """mean over samples of (||∇D(x̂)||₂ - 1)², x̂ = eps·real + (1 - eps)·fake, eps of shape (N,)."""
+    shape = (-1,) + (1,) * (real.dim() - 1)
+    mixed = (eps.view(shape) * real + (1.0 - eps.view(shape)) * fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(D(mixed, c).sum(), mixed, create_graph=True)
+    return ((grad.flatten(1).norm(2, dim=1) - 1.0) ** 2).mean()
+
+
+class WGANGP(Loss):
+    """Gulrajani et al. 2017: critic loss E[D(fake)] - E[D(real)] + λ·GP, with n_critic critic steps."""
+
+    n_critic_default = 5
+
+    def __init__(self, gp_lambda: float = 10.0) -> None:
+        self.gp_lambda = gp_lambda
+
+    def d_loss(self, D: nn.Module, real: Tensor, fake: Tensor, c: Tensor | None) -> Tensor:
+        eps = torch.rand(real.shape[0], device=real.device, dtype=real.dtype)
+        gp = gradient_penalty(D, real, fake, c, eps)
+        return D(fake, c).mean() - D(real, c).mean() + self.gp_lambda * gp
+
+    def g_loss(self, D: nn.Module, fake: Tensor, c: Tensor | None) -> Tensor:
+        return -D(fake, c).mean()
+
+
+def make_loss(name: str, gp_lambda: float = 10.0) -> Loss:
+    losses: dict[str, Loss] = {
+        "minimax": Minimax(),
+        "nonsaturating": NonSaturating(),
+        "hinge": Hinge(),
+        "lsgan": LeastSquares(),
+        "wgan-gp": WGANGP(gp_lambda),
+    }
+    if name not in losses:
+        raise ValueError(f"unknown loss '{name}'; choose one of {sorted(losses)}")
+    return losses[name]

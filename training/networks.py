@@ -1,0 +1,182 @@
+"""Generators and discriminators: MLP for any output shape, DCGAN for square images of 8, 28, 32, 64 pixels.
+
+Conditional when `num_classes > 0`: G takes `c` as a float vector (one-hot or soft) concatenated to `z`,
+D uses the projection discriminator (Miyato & Koyama 2018): logit = ψ(h) + <embed(c), h>.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
+
+DCGAN_SIZES = (8, 28, 32, 64)
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """The architecture: stored inside the checkpoint, so export needs nothing else."""
+
+    arch: str  # "mlp" | "dcgan"
+    kind: str  # "image" | "vector"
+    out_shape: tuple[int, ...]  # one sample: (C, H, W) or (D,)
+    z_dim: int
+    num_classes: int
+    g_width: int
+    d_width: int
+    mlp_layers: int = 2
+    spectral_norm: bool = False
+    d_norm: str = "batch"  # "batch" | "layer" | "none"
+
+
+def _sn(module: nn.Module, enabled: bool) -> nn.Module:
+    return _spectral_norm(module) if enabled else module
+
+
+def _init_dcgan(module: nn.Module) -> None:
+    # DCGAN initialisation: conv weights N(0, 0.02), BN gamma N(1, 0.02), beta 0.
+    if isinstance(module, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm2d | nn.BatchNorm1d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+def _dcgan_plan(size: int) -> tuple[int, int]:
+    """(base resolution, number of 2x up/down-sampling stages) for a DCGAN of this image size."""
+    if size not in DCGAN_SIZES:
+        raise ValueError(f"DCGAN image size must be one of {DCGAN_SIZES}, got {size}")
+    base = 7 if size == 28 else 4
+    return base, int(math.log2(size // base))
+
+
+class MLPGenerator(nn.Module):
+    def __init__(self, spec: NetSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        width, out_dim = spec.g_width, math.prod(spec.out_shape)
+        layers: list[nn.Module] = []
+        in_dim = spec.z_dim + spec.num_classes
+        for _ in range(spec.mlp_layers):
+            layers += [nn.Linear(in_dim, width), nn.LeakyReLU(0.2)]  # (N, width)
+            in_dim = width
+        layers.append(nn.Linear(in_dim, out_dim))  # (N, prod(out_shape))
+        if spec.kind == "image":
+            layers.append(nn.Tanh())  # images live in [-1, 1]; vectors are unbounded
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        h = z if c is None else torch.cat([z, c], 1)  # (N, z_dim + num_classes)
+        return self.net(h).view(-1, *self.spec.out_shape)
+
+
+class DCGANGenerator(nn.Module):
+    def __init__(self, spec: NetSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        channels, size = spec.out_shape[0], spec.out_shape[1]
+        base, stages = _dcgan_plan(size)
+        width = spec.g_width * 2 ** (stages - 1)
+        self.base, self.width = base, width
+        self.project = nn.Sequential(
+            nn.Linear(spec.z_dim + spec.num_classes, width * base * base, bias=False),
+            nn.BatchNorm1d(width * base * base),
+            nn.ReLU(True),
+        )  # state size. (width * base * base)
+        blocks: list[nn.Module] = []
+        for _ in range(stages - 1):
+            blocks += [
+                nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(width // 2),
+                nn.ReLU(True),
+            ]  # state size. (width/2) x 2res x 2res
+            width //= 2
+        blocks += [nn.ConvTranspose2d(width, channels, 4, 2, 1), nn.Tanh()]  # state size. C x size x size
+        self.blocks = nn.Sequential(*blocks)
+        self.apply(_init_dcgan)
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        h = z if c is None else torch.cat([z, c], 1)  # (N, z_dim + num_classes)
+        h = self.project(h).view(-1, self.width, self.base, self.base)  # (N, width, base, base)
+        return self.blocks(h)  # (N, C, H, W)
+
+
+class _Projection(nn.Module):
+    """Unconditional logit plus the class projection <embed(c), h> for conditional D."""
+
+    def __init__(self, features: int, num_classes: int, sn: bool) -> None:
+        super().__init__()
+        self.linear = _sn(nn.Linear(features, 1), sn)
+        self.embed = _sn(nn.Linear(num_classes, features, bias=False), sn) if num_classes else None
+
+    def forward(self, h: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        logit = self.linear(h).squeeze(1)  # (N,)
+        if self.embed is not None:
+            if c is None:
+                raise ValueError("conditional discriminator needs c")
+            logit = logit + (self.embed(c) * h).sum(1)
+        return logit
+
+
+class MLPDiscriminator(nn.Module):
+    def __init__(self, spec: NetSpec) -> None:
+        super().__init__()
+        width, in_dim = spec.d_width, math.prod(spec.out_shape)
+        layers: list[nn.Module] = [nn.Flatten()]
+        for _ in range(spec.mlp_layers):
+            layers.append(_sn(nn.Linear(in_dim, width), spec.spectral_norm))  # (N, width)
+            if spec.d_norm == "layer":
+                layers.append(nn.LayerNorm(width))
+            elif spec.d_norm == "batch":
+                layers.append(nn.BatchNorm1d(width))
+            layers.append(nn.LeakyReLU(0.2))
+            in_dim = width
+        self.features = nn.Sequential(*layers)
+        self.head = _Projection(width, spec.num_classes, spec.spectral_norm)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.features(x), c)  # (N,) logits
+
+
+class DCGANDiscriminator(nn.Module):
+    def __init__(self, spec: NetSpec) -> None:
+        super().__init__()
+        channels, size = spec.out_shape[0], spec.out_shape[1]
+        base, stages = _dcgan_plan(size)
+        sn, width, res = spec.spectral_norm, spec.d_width, size
+        layers: list[nn.Module] = [_sn(nn.Conv2d(channels, width, 4, 2, 1), sn), nn.LeakyReLU(0.2, True)]
+        res //= 2  # state size. (ndf) x size/2 x size/2
+        for _ in range(stages - 1):
+            layers.append(_sn(nn.Conv2d(width, width * 2, 4, 2, 1, bias=spec.d_norm != "batch"), sn))
+            width, res = width * 2, res // 2  # state size. (width) x res x res
+            if spec.d_norm == "batch":
+                layers.append(nn.BatchNorm2d(width))
+            elif spec.d_norm == "layer":
+                layers.append(nn.GroupNorm(1, width))  # layer norm over (C, H, W), per sample
+            layers.append(nn.LeakyReLU(0.2, True))
+        layers.append(nn.Flatten())  # (N, width * base * base)
+        self.features = nn.Sequential(*layers)
+        self.head = _Projection(width * base * base, spec.num_classes, sn)
+        self.apply(_init_dcgan)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.features(x), c)  # (N,) logits
+
+
+def build_networks(spec: NetSpec) -> tuple[nn.Module, nn.Module]:
+    if spec.arch == "mlp":
+        return MLPGenerator(spec), MLPDiscriminator(spec)
+    if spec.arch == "dcgan":
+        if spec.kind != "image" or len(spec.out_shape) != 3 or spec.out_shape[1] != spec.out_shape[2]:
+            raise ValueError(f"DCGAN needs square images (C, S, S), got {spec.kind} {spec.out_shape}")
+        return DCGANGenerator(spec), DCGANDiscriminator(spec)
+    raise ValueError(f"unknown arch '{spec.arch}'; choose 'mlp' or 'dcgan'")
+
+
+def build_generator(spec: NetSpec) -> nn.Module:
+    return MLPGenerator(spec) if spec.arch == "mlp" else DCGANGenerator(spec)
