@@ -334,10 +334,8 @@ def builtin_spec(name: str) -> DataSpec:
 
 
 def _tensor_source(spec: DataSpec, x: np.ndarray, y: np.ndarray | None, seed: int) -> TensorSource:
-    return TensorSource(
-        spec,
-        torch.from_numpy(np.array(x)),  # a writable copy, None if y is None else torch.from_numpy(y), seed
-    )
+    labels = None if y is None else torch.from_numpy(np.array(y))
+    return TensorSource(spec, torch.from_numpy(np.array(x)), labels, seed)  # np.array: writable copies
 
 
 def make_source(

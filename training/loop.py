@@ -209,6 +209,7 @@ def train(
         cfg = dataclasses.replace(cfg, steps=math.ceil(epochs * per_epoch / cfg.n_critic))
     if dry_run:
         cfg = dataclasses.replace(cfg, steps=min(cfg.steps, 2), log_every=1, sample_every=2)
+    source.batch(0, cfg.batch_size)  # fail fast on a data/batch mismatch; batches are pure, nothing changes
     spec = net_spec_for(cfg, source.spec)
 
     # Step 3. Networks, EMA copy of G, optimisers, objective.

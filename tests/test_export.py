@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+import training.export as export_module
+from service.manifest import load_manifest, sha256_file
+from training.__main__ import main
+from training.export import PARITY_BATCHES, ExportError, export, load_generator
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def exported(conditional_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export(conditional_run, tmp_path_factory.mktemp("models"), "digits-cgan")
+
+
+def test_layout_and_manifest(exported: Path, conditional_run: Path) -> None:
+    assert exported.name == "1" and exported.parent.name == "digits-cgan"
+    assert sorted(p.name for p in exported.iterdir()) == [
+        "manifest.json",
+        "model.onnx",
+    ]  # single file, no side data
+    manifest = load_manifest(exported / "manifest.json")
+    assert manifest.onnx_sha256 == sha256_file(exported / "model.onnx")
+    assert (manifest.kind, manifest.z_dim, manifest.num_classes, manifest.output_shape) == (
+        "image",
+        16,
+        10,
+        [1, 8, 8],
+    )
+    assert manifest.input_names == ["z", "c"] and manifest.output_names == ["x"]
+    assert manifest.class_names == [str(d) for d in range(10)] and manifest.value_range == (-1.0, 1.0)
+    assert 0 <= manifest.parity_max_abs_diff <= 1e-4
+    assert (
+        manifest.opset == onnx.load(str(exported / "model.onnx")).opset_import[0].version
+        or manifest.opset >= 18
+    )
+    provenance = manifest.training
+    assert (provenance.preset, provenance.data, provenance.steps, provenance.seed) == ("cgan", "digits", 3, 0)
+    assert provenance.config["batch_size"] == 16 and provenance.exported_weights == "ema"
+    assert {"torch", "onnx", "onnxruntime", "numpy", "python"} <= set(provenance.library_versions)
+    assert provenance.wall_time_s > 0
+
+
+def test_graph_contract(exported: Path) -> None:
+    session = _session(exported / "model.onnx")
+    inputs = {i.name: i for i in session.get_inputs()}
+    assert list(inputs) == ["z", "c"] and [o.name for o in session.get_outputs()] == ["x"]
+    assert isinstance(inputs["z"].shape[0], str) and inputs["z"].shape[1] == 16 and inputs["c"].shape[1] == 10
+    assert all(i.type == "tensor(float)" for i in session.get_inputs())
+
+
+@pytest.mark.parametrize("batch", [*PARITY_BATCHES, 3, 130])
+def test_parity_with_torch_at_any_batch(exported: Path, conditional_run: Path, batch: int) -> None:
+    model, _ = load_generator(conditional_run)
+    rng = np.random.default_rng(batch)
+    z = rng.standard_normal((batch, 16), dtype=np.float32)
+    c = rng.dirichlet(np.ones(10), size=batch).astype(np.float32)  # soft labels too
+    (x,) = _session(exported / "model.onnx").run(["x"], {"z": z, "c": c})
+    with torch.no_grad():
+        expected = model(torch.from_numpy(z), torch.from_numpy(c)).numpy()
+    assert x.shape == (batch, 1, 8, 8) and np.abs(x - expected).max() <= 1e-4
+    assert x.min() >= -1.0 and x.max() <= 1.0
+
+
+def test_a_sample_does_not_depend_on_its_batch(exported: Path) -> None:
+    session = _session(exported / "model.onnx")
+    rng = np.random.default_rng(0)
+    z, c = (
+        rng.standard_normal((64, 16), dtype=np.float32),
+        np.eye(10, dtype=np.float32)[rng.integers(10, size=64)],
+    )
+    (whole,) = session.run(["x"], {"z": z, "c": c})
+    (single,) = session.run(["x"], {"z": z[5:6], "c": c[5:6]})
+    np.testing.assert_allclose(whole[5:6], single, atol=1e-6)  # eval-mode BatchNorm: no batch statistics
+
+
+def test_vector_model(vector_run: Path, tmp_path: Path) -> None:
+    target = export(vector_run, tmp_path, "ring8")
+    manifest = load_manifest(target / "manifest.json")
+    assert manifest.kind == "vector" and manifest.output_shape == [2] and manifest.value_range is None
+    assert manifest.input_names == ["z"] and manifest.num_classes == 0 and manifest.class_names == []
+    (x,) = _session(target / "model.onnx").run(["x"], {"z": np.zeros((7, 8), np.float32)})
+    assert x.shape == (7, 2)
+
+
+def test_versions(vector_run: Path, tmp_path: Path) -> None:
+    assert export(vector_run, tmp_path, "m").name == "1"
+    assert export(vector_run, tmp_path, "m", weights="raw").name == "2"
+    assert export(vector_run, tmp_path, "m", 7).name == "7"
+    assert export(vector_run, tmp_path, "m").name == "8"  # one above the highest
+    with pytest.raises(ExportError, match="already exists: versions are immutable"):
+        export(vector_run, tmp_path, "m", 2)
+    with pytest.raises(ExportError, match="positive integer, got 0"):
+        export(vector_run, tmp_path, "m", 0)
+    raw, ema = (load_manifest(tmp_path / "m" / v / "manifest.json") for v in ("2", "1"))
+    assert raw.training.exported_weights == "raw" and raw.onnx_sha256 != ema.onnx_sha256
+
+
+def test_failed_parity_leaves_nothing(
+    vector_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(export_module, "PARITY_TOLERANCE", -1.0)
+    with pytest.raises(ExportError, match=r"parity failed: max \|torch - onnx\| = .* > -1"):
+        export(vector_run, tmp_path, "m")
+    assert list((tmp_path / "m").iterdir()) == []
+
+
+def test_export_without_ema_uses_raw_weights(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir, models = tmp_path / "run", tmp_path / "models"
+    assert main(["train", "--preset", "mlp", "--dry-run", "--run-dir", str(run_dir), "--no-progress"]) == 0
+    assert main(["export", "--run-dir", str(run_dir), "--model-dir", str(models), "--name", "mnist-gan"]) == 0
+    assert "exported" in capsys.readouterr().out
+    manifest = json.loads((models / "mnist-gan" / "1" / "manifest.json").read_text())
+    assert manifest["training"]["exported_weights"] == "raw"  # the mlp preset trains without EMA
+    assert manifest["training"]["dry_run"] is True
+    assert "train --preset mlp --dry-run" in manifest["training"]["train_command"]
+    assert "export --run-dir" in manifest["training"]["export_command"]
+
+
+def test_export_of_a_missing_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(["export", "--run-dir", str(tmp_path / "none"), "--model-dir", str(tmp_path), "--name", "x"])
+        == 2
+    )
+    assert "no checkpoint found" in capsys.readouterr().err
+    shutil.rmtree(tmp_path, ignore_errors=True)

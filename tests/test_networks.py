@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from training.networks import DCGAN_SIZES, NetSpec, build_networks
+
+
+@pytest.mark.parametrize("size", DCGAN_SIZES)
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("num_classes", [0, 10])
+def test_dcgan_shapes(size: int, channels: int, num_classes: int) -> None:
+    spec = NetSpec(
+        "dcgan", "image", (channels, size, size), 16, num_classes, 8, 8, spectral_norm=num_classes > 0
+    )
+    G, D = build_networks(spec)
+    c = torch.eye(10)[:5] if num_classes else None
+    x = G(torch.randn(5, 16), c)
+    assert x.shape == (5, channels, size, size)
+    assert float(x.detach().abs().max()) <= 1.0  # tanh output
+    assert D(x, c).shape == (5,)
+
+
+@pytest.mark.parametrize("out_shape", [(2,), (1, 8, 8), (3, 5, 7)])
+def test_mlp_any_output_shape(out_shape: tuple[int, ...]) -> None:
+    kind = "vector" if len(out_shape) == 1 else "image"
+    G, D = build_networks(NetSpec("mlp", kind, out_shape, 4, 0, 16, 16, d_norm="layer"))
+    x = G(torch.randn(3, 4))
+    assert x.shape == (3, *out_shape) and D(x).shape == (3,)
+
+
+def test_vector_output_is_unbounded() -> None:
+    G, _ = build_networks(NetSpec("mlp", "vector", (2,), 4, 0, 16, 16))
+    with torch.no_grad():
+        G.net[-1].bias.fill_(10.0)  # type: ignore[index, union-attr]
+    assert float(G(torch.zeros(1, 4)).detach().min()) > 5.0
+
+
+def test_projection_discriminator_uses_the_label() -> None:
+    torch.manual_seed(0)
+    _G, D = build_networks(NetSpec("dcgan", "image", (1, 28, 28), 8, 3, 8, 8, d_norm="none"))
+    x = torch.randn(2, 1, 28, 28)
+    a, b = D(x, torch.eye(3)[[0, 0]]), D(x, torch.eye(3)[[1, 1]])
+    assert not torch.allclose(a, b)
+    soft = D(x, torch.full((2, 3), 1 / 3))  # soft labels blend classes: projection is linear in c
+    assert torch.allclose(
+        soft,
+        (D(x, torch.eye(3)[[0, 0]]) + D(x, torch.eye(3)[[1, 1]]) + D(x, torch.eye(3)[[2, 2]])) / 3,
+        atol=1e-5,
+    )
+    with pytest.raises(ValueError, match="needs c"):
+        D(x)
+
+
+def test_conditional_generator_depends_on_c() -> None:
+    G, _ = build_networks(NetSpec("dcgan", "image", (1, 8, 8), 8, 4, 8, 8))
+    G.eval()
+    z = torch.randn(1, 8)
+    assert not torch.allclose(G(z, torch.eye(4)[[0]]), G(z, torch.eye(4)[[3]]))
+
+
+def test_bad_architectures() -> None:
+    with pytest.raises(ValueError, match="DCGAN image size must be one of"):
+        build_networks(NetSpec("dcgan", "image", (1, 16, 16), 8, 0, 8, 8))
+    with pytest.raises(ValueError, match="DCGAN needs square images"):
+        build_networks(NetSpec("dcgan", "vector", (2,), 8, 0, 8, 8))
+    with pytest.raises(ValueError, match="unknown arch"):
+        build_networks(NetSpec("resnet", "image", (1, 8, 8), 8, 0, 8, 8))
