@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 MANIFEST_FILE = "manifest.json"
 ONNX_FILE = "model.onnx"
-SCHEMA_VERSION = 1
 
 
 class ManifestError(ValueError):
@@ -54,7 +53,7 @@ class Manifest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
     version: int = Field(ge=1)
     kind: Literal["image", "vector"]
