@@ -1,0 +1,68 @@
+"""`python -m service`: uvicorn on GAN_HOST:GAN_PORT, with a drain on SIGTERM.
+
+SIGTERM (or Ctrl-C): /readyz turns 503 at once and new requests get 503, while requests already accepted
+finish, for up to GAN_DRAIN_TIMEOUT_S; then uvicorn stops and the process exits. A second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from types import FrameType
+
+import uvicorn
+
+from service.main import create_app
+from service.settings import Settings
+from service.state import AppState
+
+log = logging.getLogger("service")
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, state: AppState) -> None:
+        super().__init__(config)
+        self.state = state
+        self._drain_task: asyncio.Task[None] | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._drain_task is not None or self.state.draining:
+            super().handle_exit(sig, frame)  # second signal: stop now
+            return
+        self.state.draining = True  # from this instant: /readyz 503, new requests 503
+        loop = asyncio.get_event_loop()
+        self._drain_task = loop.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        # Step 1. Intake is already closed (state.draining). Step 2. Let queued and in-flight requests
+        # finish, bounded by the drain timeout. Step 3. Hand over to uvicorn's own shutdown.
+        timeout = self.state.settings.drain_timeout_s
+        started = time.monotonic()
+        log.info("draining: %d requests in flight, up to %.1f s", self.state.inflight, timeout)
+        finished = await self.state.repository.drain(timeout)
+        while self.state.inflight > 0 and time.monotonic() - started < timeout:
+            await asyncio.sleep(0.01)  # responses being encoded and sent after their batches finished
+        log.info(
+            "drained in %.2f s (complete: %s)",
+            time.monotonic() - started,
+            finished and not self.state.inflight,
+        )
+        self.should_exit = True
+
+
+def main() -> None:
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level,
+        timeout_graceful_shutdown=5, access_log=False,
+    )  # fmt: skip
+    DrainingServer(config, app.state.gan).run()
+
+
+if __name__ == "__main__":
+    main()

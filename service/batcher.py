@@ -1,0 +1,223 @@
+"""Dynamic batcher: one queue, one worker task and one future per request; batches are filled with rows.
+
+A request of n rows may be split across batches and many small requests share one. A batch closes when it
+holds `max_batch_rows` rows or when its oldest request has waited `max_wait_s`. Inference runs on a worker
+thread so the event loop keeps accepting, parsing and answering meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+Feeds = dict[str, np.ndarray]
+
+
+class QueueFull(Exception):
+    def __init__(self, queued_rows: int, retry_after_s: int) -> None:
+        super().__init__(f"queue full: {queued_rows} rows waiting; retry after {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(Exception):
+    pass
+
+
+class Draining(Exception):
+    pass
+
+
+class BatchFailed(Exception):
+    pass
+
+
+class BatchObserver(Protocol):
+    def queue_rows(self, rows: int) -> None: ...
+    def queue_wait(self, seconds: float) -> None: ...
+    def batch(self, rows: int, seconds: float) -> None: ...
+    def dropped(self, reason: str) -> None: ...
+
+
+class _NullObserver:
+    def queue_rows(self, rows: int) -> None:
+        pass
+
+    def queue_wait(self, seconds: float) -> None:
+        pass
+
+    def batch(self, rows: int, seconds: float) -> None:
+        pass
+
+    def dropped(self, reason: str) -> None:
+        pass
+
+
+@dataclass(eq=False)
+class _Request:
+    feeds: Feeds
+    n: int
+    future: asyncio.Future[np.ndarray]
+    enqueued_at: float
+    deadline: float
+    next_row: int = 0  # first row not yet handed to a batch
+    pending: int = 0  # rows not yet computed
+    out: np.ndarray | None = field(default=None, repr=False)
+
+
+class Batcher:
+    def __init__(
+        self,
+        infer: Callable[[Feeds], np.ndarray],
+        *,
+        max_batch_rows: int,
+        max_wait_s: float,
+        max_queue_rows: int,
+        initial_rows_per_s: float = 1000.0,
+        observer: BatchObserver | None = None,
+        name: str = "model",
+    ) -> None:
+        self._infer = infer
+        self.max_batch_rows, self.max_wait_s, self.max_queue_rows = max_batch_rows, max_wait_s, max_queue_rows
+        self._observer = observer or _NullObserver()
+        self._queue: deque[_Request] = deque()
+        self._queued_rows = 0
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{name}")
+        self._worker: asyncio.Task[None] | None = None
+        self._closed = False
+        self.rows_per_s = initial_rows_per_s  # measured drain rate, smoothed
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    def start(self) -> None:
+        self._worker = asyncio.get_running_loop().create_task(self._run())
+
+    def retry_after_s(self, extra_rows: int = 0) -> int:
+        """Seconds until the rows ahead (plus `extra_rows`) are drained at the measured rate."""
+        return max(1, math.ceil((self._queued_rows + extra_rows) / max(self.rows_per_s, 1e-3)))
+
+    async def submit(self, feeds: Feeds, n: int, timeout_s: float) -> np.ndarray:
+        """Queue n rows; returns the (n, ...) output. Cancelling the caller drops the rows not yet computed."""
+        if self._closed:
+            raise Draining("the service is draining")
+        if self._queued_rows and self._queued_rows + n > self.max_queue_rows:
+            raise QueueFull(self._queued_rows, self.retry_after_s(n))
+        now = time.monotonic()
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Request(feeds, n, future, now, now + timeout_s, pending=n))
+        self._queued_rows += n
+        self._observer.queue_rows(self._queued_rows)
+        self._idle.clear()
+        self._wakeup.set()
+        return await future
+
+    async def _collect(self) -> list[tuple[_Request, int, int]]:
+        """Wait for a full batch or the oldest request's wait limit, then take up to max_batch_rows rows."""
+        while not self._queue:
+            self._idle.set()
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        close_at = self._queue[0].enqueued_at + self.max_wait_s
+        while self._queued_rows < self.max_batch_rows and (remaining := close_at - time.monotonic()) > 0:
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                break
+        chunks: list[tuple[_Request, int, int]] = []
+        rows, now = 0, time.monotonic()
+        while self._queue and rows < self.max_batch_rows:
+            request = self._queue[0]
+            if request.future.done() or (request.next_row == 0 and now > request.deadline):
+                self._queue.popleft()
+                self._queued_rows -= request.n - request.next_row
+                if not request.future.done():
+                    request.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+                    self._observer.dropped("deadline")
+                else:
+                    self._observer.dropped("cancelled" if request.future.cancelled() else "failed")
+                continue
+            if request.next_row == 0:
+                self._observer.queue_wait(now - request.enqueued_at)
+            take = min(request.n - request.next_row, self.max_batch_rows - rows)
+            chunks.append((request, request.next_row, request.next_row + take))
+            request.next_row += take
+            self._queued_rows -= take
+            rows += take
+            if request.next_row == request.n:
+                self._queue.popleft()
+        self._observer.queue_rows(self._queued_rows)
+        return chunks
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            chunks = await self._collect()
+            if not chunks:
+                continue
+            names = chunks[0][0].feeds.keys()
+            feeds = {k: np.concatenate([r.feeds[k][a:b] for r, a, b in chunks]) for k in names}
+            rows = sum(b - a for _, a, b in chunks)
+            started = time.perf_counter()
+            try:
+                out = await loop.run_in_executor(self._executor, self._infer, feeds)
+                if len(out) != rows:
+                    raise BatchFailed(f"model returned {len(out)} rows for a batch of {rows}")
+            except Exception as error:  # every request in the failed batch gets the error
+                failure = (
+                    error if isinstance(error, BatchFailed) else BatchFailed(f"inference failed: {error}")
+                )
+                for request, _, _ in chunks:
+                    if not request.future.done():
+                        request.future.set_exception(failure)
+                continue
+            seconds = time.perf_counter() - started
+            self._observer.batch(rows, seconds)
+            self.rows_per_s = 0.8 * self.rows_per_s + 0.2 * rows / max(seconds, 1e-6)
+            offset = 0
+            for request, a, b in chunks:
+                if not request.future.done():
+                    if request.out is None:
+                        request.out = np.empty((request.n, *out.shape[1:]), dtype=out.dtype)
+                    request.out[a:b] = out[offset : offset + b - a]
+                    request.pending -= b - a
+                    if request.pending == 0:
+                        request.future.set_result(request.out)
+                offset += b - a
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Stop intake, let queued work finish for up to timeout_s, then fail the rest; True if all finished."""
+        self._closed = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            finished = True
+        except TimeoutError:
+            finished = False
+        await self.close()
+        return finished
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        for request in self._queue:
+            if not request.future.done():
+                request.future.set_exception(Draining("the service stopped before this request was computed"))
+        self._queue.clear()
+        self._queued_rows = 0
+        self._executor.shutdown(wait=False, cancel_futures=True)

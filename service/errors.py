@@ -1,0 +1,97 @@
+"""Every failure becomes JSON `{"detail": message, "field": name}` with the right status code."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from service.batcher import BatchFailed, DeadlineExceeded, Draining, QueueFull
+from service.repository import ModelNotFound, ModelUnavailable
+
+
+class ApiError(Exception):
+    def __init__(
+        self, status: int, detail: str, field: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.field, self.headers = status, detail, field, headers
+
+
+class ClientGone(Exception):
+    """The client disconnected before its rows were computed."""
+
+
+def error_response(
+    status: int, detail: str, field: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"detail": detail, "field": field}, status_code=status, headers=headers)
+
+
+def _model_label(request: Request) -> str:
+    return str(getattr(request.state, "model", ""))
+
+
+def _reject(request: Request, reason: str) -> None:
+    request.app.state.gan.metrics.rejections.labels(_model_label(request), reason).inc()
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError) -> JSONResponse:
+        if error.status == 422:
+            _reject(request, "invalid")
+        return error_response(error.status, error.detail, error.field, error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        _reject(request, "invalid")
+        parts, first = [], None
+        for item in error.errors():
+            loc = [str(p) for p in item["loc"] if p != "body"]
+            # Union members add their type name to the location ("labels.int"); it says nothing to a client.
+            loc = [
+                p
+                for p in loc
+                if p not in ("int", "str", "list[union[int,str]]", "function-after[_one_source()]")
+            ]
+            name = ".".join(loc) or "body"
+            first = first or name
+            message = item["msg"].removeprefix("Value error, ")
+            parts.append(f"{name}: {message}")
+        return error_response(422, "; ".join(parts), first)
+
+    @app.exception_handler(ModelNotFound)
+    async def not_found(request: Request, error: ModelNotFound) -> JSONResponse:
+        return error_response(404, str(error), "model")
+
+    @app.exception_handler(ModelUnavailable)
+    async def unavailable(request: Request, error: ModelUnavailable) -> JSONResponse:
+        _reject(request, "model_failed")
+        return error_response(503, str(error), "model")
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(request: Request, error: QueueFull) -> JSONResponse:
+        _reject(request, "queue_full")
+        return error_response(429, str(error), None, {"Retry-After": str(error.retry_after_s)})
+
+    @app.exception_handler(DeadlineExceeded)
+    async def deadline(request: Request, error: DeadlineExceeded) -> JSONResponse:
+        _reject(request, "deadline")
+        timeout = request.app.state.gan.settings.request_timeout_s
+        return error_response(504, f"not computed within GAN_REQUEST_TIMEOUT_S = {timeout:g} s", None)
+
+    @app.exception_handler(Draining)
+    async def draining(request: Request, error: Draining) -> JSONResponse:
+        _reject(request, "draining")
+        return error_response(503, str(error), None, {"Retry-After": "1"})
+
+    @app.exception_handler(BatchFailed)
+    async def batch_failed(request: Request, error: BatchFailed) -> JSONResponse:
+        _reject(request, "inference_error")
+        return error_response(500, str(error), None)
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, error: ClientGone) -> JSONResponse:
+        _reject(request, "client_gone")
+        return error_response(499, "client closed the request", None)

@@ -1,0 +1,132 @@
+"""The FastAPI app: `create_app(settings)` builds it; models load in the lifespan."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import install_error_handlers
+from service.metrics import Metrics
+from service.repository import Repository
+from service.routes import router
+from service.runtime import check_single_runtime
+from service.settings import Settings
+from service.state import AppState
+
+log = logging.getLogger("service")
+ALWAYS_OPEN = {"/healthz", "/readyz", "/metrics"}  # answered even while draining
+ENDPOINTS = {
+    "/generate",
+    "/interpolate",
+    "/augment",
+    "/models",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/docs",
+    "/openapi.json",
+}
+
+
+def endpoint_label(path: str) -> str:
+    """A bounded set of label values: unknown paths must not create new time series."""
+    if path in ENDPOINTS:
+        return path
+    return "/models/{name}" if path.startswith("/models/") else "other"
+
+
+class Gate:
+    """Pure ASGI middleware in front of every route: drain refusal, body-size limit, request metrics."""
+
+    def __init__(self, app: ASGIApp, state: AppState) -> None:
+        self.app, self.state = app, state
+
+    async def _reply(self, send: Send, status: int, detail: str, field: str | None = None) -> None:
+        body = json.dumps({"detail": detail, "field": field}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        if status == 503:
+            headers.append((b"retry-after", b"1"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state, started, endpoint = self.state, time.perf_counter(), endpoint_label(scope["path"])
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        state.inflight += 1
+        try:
+            if state.draining and scope["path"] not in ALWAYS_OPEN:
+                state.metrics.rejections.labels("", "draining").inc()
+                await self._reply(send_status, 503, "the service is draining; retry on another replica")
+                return
+            limit = state.settings.max_body_bytes
+            body, more = bytearray(), scope["method"] in ("POST", "PUT", "PATCH")
+            while more:  # buffer the (bounded) body so the route's receive() later reports only a disconnect
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body += message.get("body", b"")
+                more = message.get("more_body", False)
+                if len(body) > limit:
+                    state.metrics.rejections.labels("", "body_too_large").inc()
+                    detail = f"request body exceeds {limit} bytes (GAN_MAX_BODY_BYTES)"
+                    await self._reply(send_status, 413, detail, "body")
+                    return
+            replayed = False
+
+            async def replay() -> Message:
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": bytes(body), "more_body": False}
+                return await receive()
+
+            await self.app(scope, replay, send_status)
+        finally:
+            state.inflight -= 1
+            model = str(scope.get("state", {}).get("model", ""))
+            state.metrics.requests.labels(endpoint, model, str(status)).inc()
+            state.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+    state = AppState(settings, metrics, Repository(settings, metrics))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = check_single_runtime()
+        log.info("ONNX Runtime package: %s; model directory: %s", runtime, settings.model_dir)
+        state.repository.load()
+        try:
+            yield
+        finally:
+            await state.repository.close()
+
+    app = FastAPI(
+        title="GAN generator service",
+        version="0.1.0",
+        description="Samples, interpolations and labelled synthetic data from GAN generators served by ONNX Runtime.",
+        lifespan=lifespan,
+    )
+    app.state.gan = state
+    app.include_router(router)
+    install_error_handlers(app)
+    app.add_middleware(Gate, state=state)
+    return app

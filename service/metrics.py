@@ -1,0 +1,67 @@
+"""Prometheus metrics, declared once, on a registry per app (so tests can build many apps)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "gan_requests",
+            "HTTP requests by endpoint, model and status code",
+            ["endpoint", "model", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "gan_request_latency_seconds", "Request latency from arrival to response", ["endpoint"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.queue_wait = Histogram(
+            "gan_queue_wait_seconds", "Time a request waited before its first rows were batched", ["model"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.inference = Histogram(
+            "gan_inference_seconds",
+            "ONNX Runtime time per batch",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_rows = Histogram(
+            "gan_batch_rows", "Rows per inference batch", ["model"], buckets=ROWS_BUCKETS, registry=r
+        )
+        self.queue_rows = Gauge("gan_queue_rows", "Rows waiting to be batched", ["model"], registry=r)
+        self.samples = Counter("gan_samples_generated", "Samples generated", ["model"], registry=r)
+        self.rejections = Counter(
+            "gan_rejections", "Requests refused or dropped, by reason", ["model", "reason"], registry=r
+        )
+        self.model_info = Gauge(
+            "gan_model_info", "Loaded model versions (1 = ready, 0 = failed)",
+            ["model", "version", "provider", "sha256", "status"], registry=r,
+        )  # fmt: skip
+
+
+class ModelObserver:
+    """The batcher's view of the metrics for one model version."""
+
+    def __init__(self, metrics: Metrics, model: str) -> None:
+        self._m, self._model = metrics, model
+
+    def queue_rows(self, rows: int) -> None:
+        self._m.queue_rows.labels(self._model).set(rows)
+
+    def queue_wait(self, seconds: float) -> None:
+        self._m.queue_wait.labels(self._model).observe(seconds)
+
+    def batch(self, rows: int, seconds: float) -> None:
+        self._m.inference.labels(self._model).observe(seconds)
+        self._m.batch_rows.labels(self._model).observe(rows)
+
+    def dropped(self, reason: str) -> None:
+        self._m.rejections.labels(self._model, reason).inc()

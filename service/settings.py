@@ -1,0 +1,43 @@
+"""Service settings: one pydantic-settings class, read from `GAN_*` environment variables, built once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BUNDLED_MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GAN_", frozen=True, extra="ignore")
+
+    model_dir: Path = Field(
+        BUNDLED_MODELS, description="model repository: <name>/<version>/{model.onnx,manifest.json}"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="execution provider policy")
+    host: str = Field("127.0.0.1", description="bind address (0.0.0.0 in containers)")
+    port: int = Field(8000, ge=1, le=65535)
+
+    max_batch_rows: int = Field(64, ge=1, le=4096, description="rows per inference batch")
+    max_wait_ms: float = Field(2.0, ge=0, le=1000, description="longest a batch waits to fill")
+    max_queue_rows: int = Field(4096, ge=1, description="rows waiting per model version before 429")
+    request_timeout_s: float = Field(30.0, gt=0, le=3600, description="deadline from arrival to compute")
+    drain_timeout_s: float = Field(20.0, ge=0, le=3600, description="how long SIGTERM waits for queued work")
+
+    max_n: int = Field(1024, ge=1, le=65536, description="samples per /generate request")
+    max_steps: int = Field(256, ge=2, le=65536, description="points per /interpolate path")
+    max_augment_rows: int = Field(100_000, ge=1, description="rows in one /augment synthetic set")
+    max_page_rows: int = Field(4096, ge=1, description="rows per /augment page (limit)")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="request body size before 413")
+
+    intra_op_threads: int = Field(
+        0, ge=0, le=256, description="ONNX Runtime intra-op threads (0 = ORT default)"
+    )
+    inter_op_threads: int = Field(
+        0, ge=0, le=256, description="ONNX Runtime inter-op threads (0 = ORT default)"
+    )
+    warmup_rows: int = Field(8, ge=1, le=4096, description="rows in the warm-up batch at load")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
