@@ -95,6 +95,7 @@ class Batcher:
         self._idle.set()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{name}")
         self._worker: asyncio.Task[None] | None = None
+        self._inflight: list[tuple[_Request, int, int]] = []  # the batch being computed
         self._closed = False
         self.rows_per_s = initial_rows_per_s  # measured drain rate, smoothed
 
@@ -172,6 +173,7 @@ class Batcher:
             feeds = {k: np.concatenate([r.feeds[k][a:b] for r, a, b in chunks]) for k in names}
             rows = sum(b - a for _, a, b in chunks)
             started = time.perf_counter()
+            self._inflight = chunks
             try:
                 out = await loop.run_in_executor(self._executor, self._infer, feeds)
                 if len(out) != rows:
@@ -183,7 +185,10 @@ class Batcher:
                 for request, _, _ in chunks:
                     if not request.future.done():
                         request.future.set_exception(failure)
+                self._inflight = []
                 continue
+            # Not in a `finally`: on cancellation close() still needs the in-flight list to fail it.
+            self._inflight = []
             seconds = time.perf_counter() - started
             self._observer.batch(rows, seconds)
             self.rows_per_s = 0.8 * self.rows_per_s + 0.2 * rows / max(seconds, 1e-6)
@@ -215,7 +220,7 @@ class Batcher:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
-        for request in self._queue:
+        for request in [r for r, _, _ in self._inflight] + list(self._queue):
             if not request.future.done():
                 request.future.set_exception(Draining("the service stopped before this request was computed"))
         self._queue.clear()

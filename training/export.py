@@ -166,6 +166,7 @@ def export(
     # Step 2. Graph, contract and parity, in a scratch folder beside the target.
     model_root.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=model_root, prefix=f".{version}-"))
+    scratch.chmod(0o755)  # mkdtemp makes 0700; the service may run as another user
     try:
         onnx_path = scratch / ONNX_FILE
         opset = to_onnx(model, spec, onnx_path)
