@@ -6,11 +6,9 @@ FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 
 .PHONY: serve test lint venv system-deps clean
 
+# Serves the bundled models/ on http://127.0.0.1:8000 (GAN_* variables override the settings).
 serve: venv
-	@echo "The HTTP service is not built yet (issue 3). Train and export a model with:"
-	@echo "  $(BIN)/python -m training train --preset toy2d --steps 2000 --run-dir runs/toy2d"
-	@echo "  $(BIN)/python -m training export --run-dir runs/toy2d --model-dir models --name grid25"
-	@exit 2
+	$(BIN)/python -m service
 
 test: venv system-deps
 	$(BIN)/python -m pytest
@@ -28,11 +26,14 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[train,cpu,dev]'
 	touch $@
 
-# Fashion-MNIST comes from Debian's dataset-fashion-mnist package (nothing is downloaded at run time).
+# Debian packages the tests use: Fashion-MNIST (nothing is downloaded at run time) and promtool.
 system-deps:
-	@if [ ! -d $(FASHION_MNIST_DIR) ]; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
-	  else echo "Fashion-MNIST missing: sudo apt-get install dataset-fashion-mnist" >&2; exit 1; fi; \
+	@missing=""; \
+	[ -d $(FASHION_MNIST_DIR) ] || missing="$$missing dataset-fashion-mnist"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "missing Debian packages: sudo apt-get install$$missing" >&2; exit 1; fi; \
 	fi
 
 clean:

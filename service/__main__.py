@@ -27,11 +27,14 @@ class DrainingServer(uvicorn.Server):
         self._drain_task: asyncio.Task[None] | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._drain_task is not None or self.state.draining:
+        if self.state.draining:
             super().handle_exit(sig, frame)  # second signal: stop now
             return
         self.state.draining = True  # from this instant: /readyz 503, new requests 503
         loop = asyncio.get_event_loop()
+        loop.call_soon_threadsafe(self._start_drain, loop)  # wakes the loop from the signal handler
+
+    def _start_drain(self, loop: asyncio.AbstractEventLoop) -> None:
         self._drain_task = loop.create_task(self._drain())
 
     async def _drain(self) -> None:

@@ -145,7 +145,9 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o644)  # mkstemp makes 0600; models must be readable by the service user
+            os.fchmod(
+                handle.fileno(), 0o644
+            )  # mkstemp makes 0600; models must be readable by the service user
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())

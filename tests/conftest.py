@@ -33,3 +33,14 @@ def vector_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("toy-run")
     train(tiny_config("toy2d", data="ring8", steps=3), run_dir, progress=False)
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def model_dir(conditional_run: Path, vector_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository with a conditional image model (`digits`, 8x8, 10 classes) and a 2-D one (`ring`)."""
+    from training.export import export
+
+    root = tmp_path_factory.mktemp("models")
+    export(conditional_run, root, "digits")
+    export(vector_run, root, "ring")
+    return root

@@ -1,0 +1,94 @@
+"""The service as a real process: no torch on import, and the SIGTERM drain on a real uvicorn on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_importing_the_service_does_not_load_torch() -> None:
+    code = (
+        "import sys, service.main, service.__main__; print('torch' in sys.modules, 'training' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["False", "False"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_service(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    port = free_port()
+    full_env = os.environ | {"GAN_HOST": "127.0.0.1", "GAN_PORT": str(port)} | env
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service"], cwd=ROOT, env=full_env, stderr=subprocess.PIPE, text=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None:
+            raise RuntimeError(f"service exited: {process.communicate()[1]}")
+        time.sleep(0.1)
+    process.kill()
+    process.communicate()
+    raise RuntimeError("service did not become ready in 60 s")
+
+
+def test_sigterm_drains_accepted_work_and_refuses_new(tmp_path: Path) -> None:
+    drain_timeout = 30.0
+    env = {"GAN_DRAIN_TIMEOUT_S": str(drain_timeout), "GAN_MAX_QUEUE_ROWS": "100000", "GAN_LOG_LEVEL": "info"}
+    process, url = start_service(env)
+    body = {"model": "fashion-cgan", "n": 1024, "seed": 1, "format": "npy"}
+
+    async def scenario() -> tuple[list[httpx.Response], int, int, float]:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            load = [asyncio.ensure_future(client.post("/generate", json=body)) for _ in range(16)]
+            await asyncio.sleep(0.5)  # the requests are parsed and queued: seconds of work for 2 cores
+            process.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            ready = 200
+            while ready != 503 and time.monotonic() - signalled < 1.0:
+                ready = (await client.get("/readyz")).status_code
+            late = (await client.post("/generate", json=body | {"n": 1})).status_code
+            responses = list(await asyncio.gather(*load))
+            return responses, ready, late, signalled
+
+    try:
+        responses, ready, late, signalled = asyncio.run(scenario())
+        exit_code = process.wait(timeout=drain_timeout + 15)
+        exited_after = time.monotonic() - signalled
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.stderr is not None
+    log = process.stderr.read()
+    process.stderr.close()
+    statuses = [r.status_code for r in responses]
+    assert ready == 503 and late == 503
+    assert set(statuses) <= {200, 503}, statuses  # nothing is lost: served, or refused at the door
+    assert all("draining" in r.json()["detail"] for r in responses if r.status_code == 503)
+    assert statuses.count(200) >= 12, statuses
+    assert all(len(r.content) > 1024 * 28 * 28 for r in responses if r.status_code == 200)
+    assert exit_code == 0 and exited_after < drain_timeout
+    assert "complete: True" in log, log
