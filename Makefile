@@ -14,8 +14,8 @@ test: venv system-deps
 	$(BIN)/python -m pytest
 
 lint: venv
-	$(BIN)/ruff check service training tests
-	$(BIN)/ruff format --check service training tests
+	$(BIN)/ruff check service training tests bench
+	$(BIN)/ruff format --check service training tests bench
 	$(BIN)/mypy
 
 venv: $(VENV)/.installed

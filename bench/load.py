@@ -1,0 +1,158 @@
+"""Closed-loop load on the service: fixed concurrency, bounded in time and requests; prints latency and images/s.
+
+    python -m bench.load --start --model fashion-cgan --concurrency 32 --n 1 --duration 10
+    python -m bench.load --url http://127.0.0.1:8000 --model grid25 --concurrency 1 --n 1
+
+`--start` runs `python -m service` on a free 127.0.0.1 port for the duration of the run (GAN_* variables
+pass through). Only loopback addresses are accepted as targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def running_service(env: dict[str, str] | None = None) -> Iterator[str]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    full_env = (
+        os.environ
+        | {"GAN_HOST": "127.0.0.1", "GAN_PORT": str(port), "GAN_LOG_LEVEL": "warning"}
+        | (env or {})
+    )
+    process = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=full_env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the service did not become ready")
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+async def closed_loop(
+    url: str,
+    body: dict[str, Any],
+    concurrency: int,
+    duration_s: float,
+    max_requests: int,
+    path: str = "/generate",
+) -> dict[str, Any]:
+    """`concurrency` clients, each sending its next request when the last one returns, until time or count runs out."""
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    sent = 0
+    stop_at = time.perf_counter() + duration_s
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        nonlocal sent
+        while time.perf_counter() < stop_at and sent < max_requests:
+            sent += 1
+            started = time.perf_counter()
+            try:
+                response = await client.post(path, json=body)
+                statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+                if response.status_code == 200:
+                    latencies.append(time.perf_counter() - started)
+            except httpx.HTTPError:
+                statuses[-1] = statuses.get(-1, 0) + 1
+
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        await client.post(path, json=body)  # one warm request, not counted
+        began = time.perf_counter()
+        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - began
+    ok = len(latencies)
+    ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
+    return {
+        "concurrency": concurrency,
+        "n": body.get("n", 1),
+        "format": body.get("format", "png"),
+        "requests": sent,
+        "ok": ok,
+        "errors": sent - ok,
+        "statuses": statuses,
+        "seconds": round(elapsed, 3),
+        "requests_per_s": round(ok / elapsed, 1),
+        "images_per_s": round(ok * body.get("n", 1) / elapsed, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p95_ms": round(float(np.percentile(ms, 95)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--url", help="a running service on a loopback address")
+    target.add_argument("--start", action="store_true", help="start the service for this run")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--n", type=int, default=1)
+    parser.add_argument("--format", default="png", choices=("png", "npy", "json"))
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per concurrency level")
+    parser.add_argument("--max-requests", type=int, default=1_000_000, help="requests per level at most")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    if args.url and urlparse(args.url).hostname not in ("127.0.0.1", "localhost", "::1"):
+        parser.error("--url must be a loopback address")
+    body = {"model": args.model, "n": args.n, "seed": 0, "format": args.format}
+
+    def run(url: str) -> list[dict[str, Any]]:
+        return [
+            asyncio.run(closed_loop(url, body, c, args.duration, args.max_requests)) for c in args.concurrency
+        ]
+
+    if args.start:
+        with running_service() as url:
+            results = run(url)
+    else:
+        results = run(args.url)
+    print(
+        f"{'clients':>7} {'n':>5} {'req/s':>9} {'images/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6}"
+    )
+    for r in results:
+        print(f"{r['concurrency']:>7} {r['n']:>5} {r['requests_per_s']:>9} {r['images_per_s']:>9} "
+              f"{r['p50_ms']:>8} {r['p95_ms']:>8} {r['p99_ms']:>8} {r['errors']:>6}")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
