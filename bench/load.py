@@ -62,6 +62,38 @@ def running_service(env: dict[str, str] | None = None) -> Iterator[str]:
             process.wait()
 
 
+class Connection:
+    """A minimal HTTP/1.1 keep-alive client on asyncio streams: the load generator must cost far less CPU than
+    the server it measures, and httpx costs about as much as the service itself on 2 cores."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> Connection:
+        return cls(*await asyncio.open_connection(host, port))
+
+    async def request(self, payload: bytes) -> tuple[int, bytes]:
+        self.writer.write(payload)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        return status, await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def http_post(host: str, port: int, path: str, body: dict[str, Any]) -> bytes:
+    data = json.dumps(body).encode()
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+    return (head + f"Content-Length: {len(data)}\r\n\r\n").encode() + data
+
+
 async def closed_loop(
     url: str,
     body: dict[str, Any],
@@ -71,30 +103,35 @@ async def closed_loop(
     path: str = "/generate",
 ) -> dict[str, Any]:
     """`concurrency` clients, each sending its next request when the last one returns, until time or count runs out."""
+    parsed = urlparse(url)
+    host, port = parsed.hostname or "127.0.0.1", parsed.port or 80
+    payload = http_post(host, port, path, body)
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     sent = 0
+    connections = [await Connection.open(host, port) for _ in range(concurrency)]
+    await connections[0].request(payload)  # one warm request, not counted
     stop_at = time.perf_counter() + duration_s
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
-    async def client_loop(client: httpx.AsyncClient) -> None:
+    async def client_loop(connection: Connection) -> None:
         nonlocal sent
         while time.perf_counter() < stop_at and sent < max_requests:
             sent += 1
             started = time.perf_counter()
             try:
-                response = await client.post(path, json=body)
-                statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
-                if response.status_code == 200:
-                    latencies.append(time.perf_counter() - started)
-            except httpx.HTTPError:
+                status, _ = await connection.request(payload)
+            except (OSError, asyncio.IncompleteReadError):
                 statuses[-1] = statuses.get(-1, 0) + 1
+                return
+            statuses[status] = statuses.get(status, 0) + 1
+            if status == 200:
+                latencies.append(time.perf_counter() - started)
 
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-        await client.post(path, json=body)  # one warm request, not counted
-        began = time.perf_counter()
-        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
-        elapsed = time.perf_counter() - began
+    began = time.perf_counter()
+    await asyncio.gather(*(client_loop(c) for c in connections))
+    elapsed = time.perf_counter() - began
+    for connection in connections:
+        connection.close()
     ok = len(latencies)
     ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
     return {

@@ -38,19 +38,19 @@ class DrainingServer(uvicorn.Server):
         self._drain_task = loop.create_task(self._drain())
 
     async def _drain(self) -> None:
-        # Step 1. Intake is already closed (state.draining). Step 2. Let queued and in-flight requests
-        # finish, bounded by the drain timeout. Step 3. Hand over to uvicorn's own shutdown.
+        # Step 1. Intake is closed at the door (state.draining): new requests get 503.
+        # Step 2. Requests already accepted run to their response, through batchers that stay open: an
+        #         accepted request may still be building its latents and must not find its batcher closed.
+        # Step 3. Close the batchers (their queues are empty by now unless the timeout passed), then hand
+        #         over to uvicorn's own shutdown.
         timeout = self.state.settings.drain_timeout_s
         started = time.monotonic()
         log.info("draining: %d requests in flight, up to %.1f s", self.state.inflight, timeout)
-        finished = await self.state.repository.drain(timeout)
         while self.state.inflight > 0 and time.monotonic() - started < timeout:
-            await asyncio.sleep(0.01)  # responses being encoded and sent after their batches finished
-        log.info(
-            "drained in %.2f s (complete: %s)",
-            time.monotonic() - started,
-            finished and not self.state.inflight,
-        )
+            await asyncio.sleep(0.01)
+        complete = self.state.inflight == 0
+        await self.state.repository.drain(max(0.0, timeout - (time.monotonic() - started)))
+        log.info("drained in %.2f s (complete: %s)", time.monotonic() - started, complete)
         self.should_exit = True
 
 

@@ -68,7 +68,10 @@ class Gate:
                 status = message["status"]
             await send(message)
 
-        state.inflight += 1
+        counted = scope["path"] not in ALWAYS_OPEN  # probes neither hold up a drain nor count as load
+        if counted:
+            state.inflight += 1
+            state.metrics.inflight.set(state.inflight)
         try:
             if state.draining and scope["path"] not in ALWAYS_OPEN:
                 state.metrics.rejections.labels("", "draining").inc()
@@ -98,7 +101,9 @@ class Gate:
 
             await self.app(scope, replay, send_status)
         finally:
-            state.inflight -= 1
+            if counted:
+                state.inflight -= 1
+                state.metrics.inflight.set(state.inflight)
             model = str(scope.get("state", {}).get("model", ""))
             state.metrics.requests.labels(endpoint, model, str(status)).inc()
             state.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)

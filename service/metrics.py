@@ -36,6 +36,9 @@ class Metrics:
         self.batch_rows = Histogram(
             "gan_batch_rows", "Rows per inference batch", ["model"], buckets=ROWS_BUCKETS, registry=r
         )
+        self.inflight = Gauge(
+            "gan_inflight_requests", "Requests accepted and not yet answered (probes excluded)", registry=r
+        )
         self.queue_rows = Gauge("gan_queue_rows", "Rows waiting to be batched", ["model"], registry=r)
         self.samples = Counter("gan_samples_generated", "Samples generated", ["model"], registry=r)
         self.rejections = Counter(

@@ -110,7 +110,11 @@ def load_version(path: Path, settings: Settings) -> tuple[ModelVersion, float]:
         model.manifest = manifest
         try:
             model.runtime = open_session(
-                path / ONNX_FILE, settings.device, settings.intra_op_threads, settings.inter_op_threads
+                path / ONNX_FILE,
+                settings.device,
+                settings.intra_op_threads,
+                settings.inter_op_threads,
+                settings.ort_spinning,
             )
         except Exception as error:  # onnxruntime raises its own exception types for corrupt graphs
             raise LoadError(f"ONNX Runtime cannot load the graph: {str(error).splitlines()[0]}") from None

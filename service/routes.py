@@ -29,6 +29,13 @@ from service.schemas import (
 from service.state import AppState
 
 router = APIRouter()
+# Below this many rows, latents and encoding run inline: a thread hop costs more than the work, and the
+# work is mostly Python holding the GIL, so a thread would only make the event loop wait for it.
+INLINE_ROWS = 32
+
+
+async def offload(rows: int, function: Any, *args: Any) -> Any:
+    return function(*args) if rows <= INLINE_ROWS else await run_in_threadpool(function, *args)
 
 
 def get_state(request: Request) -> AppState:
@@ -123,7 +130,7 @@ async def encode_samples(
     manifest = _manifest(model)
     if fmt == "npy":
         array = encoding.to_uint8_nhwc(x) if manifest.kind == "image" else x.astype(np.float32)
-        body = await run_in_threadpool(encoding.npy_bytes, array)
+        body = await offload(len(array), encoding.npy_bytes, array)
         start = indices[0] if indices else 0
         return Response(
             body, media_type="application/octet-stream", headers=_headers(model, seed, start, len(indices))
@@ -133,7 +140,7 @@ async def encode_samples(
         seed=seed, indices=indices, format=fmt, shape=manifest.output_shape, **extra,
     )  # fmt: skip
     if fmt == "png" and manifest.kind == "image":
-        payload.images = await run_in_threadpool(encoding.png_base64, encoding.to_uint8_nhwc(x))
+        payload.images = await offload(len(x), encoding.png_base64, encoding.to_uint8_nhwc(x))
     else:  # json, and png requests to vector models: points are numbers
         payload.format = "json"
         payload.data = x.reshape(len(x), -1).astype(float).tolist()
@@ -149,7 +156,7 @@ async def generate(body: GenerateRequest, request: Request, state: StateDep) -> 
         raise ApiError(422, f"n must be <= {state.settings.max_n} (GAN_MAX_N), got {body.n}", "n")
     labels = resolve_labels(body.labels, manifest, body.n, body.offset)
     seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
-    z = await run_in_threadpool(latents, seed, body.offset, body.n, manifest.z_dim, body.truncation)
+    z = await offload(body.n, latents, seed, body.offset, body.n, manifest.z_dim, body.truncation)
     feeds = {"z": z} | ({"c": one_hot(labels, manifest.num_classes)} if labels is not None else {})
     x = await run_model(model, feeds, body.n, request, state)
     indices = list(range(body.offset, body.offset + body.n))
@@ -268,7 +275,7 @@ async def augment(body: AugmentRequest, request: Request, state: StateDep) -> Re
     index = np.arange(body.offset, body.offset + rows)
     y = np.repeat(np.arange(len(counts)), counts)[index] if manifest.num_classes else None
     seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
-    z = await run_in_threadpool(latents, seed, body.offset, rows, manifest.z_dim, body.truncation)
+    z = await offload(rows, latents, seed, body.offset, rows, manifest.z_dim, body.truncation)
     feeds = {"z": z} | ({"c": one_hot(y, manifest.num_classes)} if y is not None else {})
     x = await run_model(model, feeds, rows, request, state)
     headers = _headers(model, seed, body.offset, rows) | {"X-Total-Rows": str(total)}
@@ -282,7 +289,7 @@ async def augment(body: AugmentRequest, request: Request, state: StateDep) -> Re
     arrays = {"x": x_out, "seed": np.array(seed, dtype=np.uint64), "index": index.astype(np.int64)}
     if y is not None:
         arrays |= {"y": y.astype(np.int64), "class_names": np.array(manifest.class_names)}
-    body_bytes = await run_in_threadpool(lambda: encoding.npz_bytes(**arrays))
+    body_bytes = await offload(rows, lambda: encoding.npz_bytes(**arrays))
     return Response(body_bytes, media_type="application/octet-stream", headers=headers)
 
 

@@ -54,10 +54,16 @@ def requested_providers(device: str) -> list[Any]:
     return [CUDA, CPU]  # auto and cuda: try CUDA, keep CPU as the fallback; the result is checked
 
 
-def open_session(path: Path, device: str, intra_threads: int = 0, inter_threads: int = 0) -> SessionInfo:
+def open_session(
+    path: Path, device: str, intra_threads: int = 0, inter_threads: int = 0, spinning: bool = False
+) -> SessionInfo:
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_threads
     options.inter_op_num_threads = inter_threads
+    # Spinning intra-op threads keep a core busy between runs; with small batches that core is the one the
+    # event loop needs to parse and answer requests.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     available = ort.get_available_providers()
     providers = [p for p in requested_providers(device) if p in available] or [CPU]

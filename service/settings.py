@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BUNDLED_MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -22,7 +22,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
 
     max_batch_rows: int = Field(64, ge=1, le=4096, description="rows per inference batch")
-    max_wait_ms: float = Field(2.0, ge=0, le=1000, description="longest a batch waits to fill")
+    # 0: a batch leaves as soon as the runner is free; under load, requests that arrive during a
+    # computation still share the next batch. A window only adds latency at low load on a CPU.
+    max_wait_ms: float = Field(0.0, ge=0, le=1000, description="longest a batch waits to fill")
     max_queue_rows: int = Field(4096, ge=1, description="rows waiting per model version before 429")
     request_timeout_s: float = Field(30.0, gt=0, le=3600, description="deadline from arrival to compute")
     drain_timeout_s: float = Field(20.0, ge=0, le=3600, description="how long SIGTERM waits for queued work")
@@ -39,5 +41,19 @@ class Settings(BaseSettings):
     inter_op_threads: int = Field(
         0, ge=0, le=256, description="ONNX Runtime inter-op threads (0 = ORT default)"
     )
+    ort_spinning: bool = Field(
+        False,
+        description="let ORT's idle intra-op threads spin: faster back-to-back runs, but a spinning core starves the event loop",
+    )
     warmup_rows: int = Field(8, ge=1, le=4096, description="rows in the warm-up batch at load")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _requests_fit_the_queue(self) -> Settings:
+        for name in ("max_n", "max_steps", "max_page_rows"):
+            if getattr(self, name) > self.max_queue_rows:
+                raise ValueError(
+                    f"GAN_{name.upper()} ({getattr(self, name)}) exceeds GAN_MAX_QUEUE_ROWS ({self.max_queue_rows}): "
+                    "such a request could never be queued"
+                )
+        return self

@@ -304,7 +304,15 @@ def _hold(app: Any, name: str) -> threading.Event:
 
 
 def test_overload_gets_429_with_computed_retry_after(model_dir: Path) -> None:
-    settings = Settings(model_dir=model_dir, max_queue_rows=40, max_batch_rows=8, max_wait_ms=0)
+    settings = Settings(
+        model_dir=model_dir,
+        max_queue_rows=40,
+        max_n=40,
+        max_steps=40,
+        max_page_rows=40,
+        max_batch_rows=8,
+        max_wait_ms=0,
+    )
 
     async def scenario() -> tuple[list[int], httpx.Response]:
         app = create_app(settings)
@@ -361,3 +369,49 @@ def test_draining_gives_503(model_dir: Path) -> None:
         refused = c.post("/generate", json={"model": "ring"})
         assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
         assert c.get("/healthz").status_code == 200 and c.get("/metrics").status_code == 200
+
+
+def test_a_request_whose_client_left_is_not_computed(model_dir: Path) -> None:
+    async def scenario() -> tuple[float, float, list[dict[str, Any]]]:
+        app = create_app(Settings(model_dir=model_dir, max_batch_rows=4, max_wait_ms=0))
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://t") as c,
+        ):
+            gate = _hold(app, "ring")
+            busy = asyncio.ensure_future(
+                c.post("/generate", json={"model": "ring", "n": 4})
+            )  # occupies the worker
+            await asyncio.sleep(0.05)
+            left, messages = asyncio.Event(), [{"type": "http.request", "body": b'{"model": "ring", "n": 3}'}]
+            sent: list[dict[str, Any]] = []
+
+            async def receive() -> dict[str, Any]:
+                if messages:
+                    return messages.pop()
+                await left.wait()
+                return {"type": "http.disconnect"}
+
+            async def send(message: dict[str, Any]) -> None:
+                sent.append(message)
+
+            scope = {
+                "type": "http", "method": "POST", "path": "/generate", "raw_path": b"/generate", "query_string": b"",
+                "headers": [(b"content-type", b"application/json")], "http_version": "1.1", "scheme": "http",
+                "server": ("t", 80), "client": ("c", 1), "root_path": "",
+            }  # fmt: skip
+            request = asyncio.ensure_future(app(scope, receive, send))
+            await asyncio.sleep(0.05)
+            left.set()  # the client hangs up while its rows wait behind the busy batch
+            await request
+            gate.set()
+            assert (await busy).status_code == 200
+            metrics = app.state.gan.metrics
+            computed = metrics.batch_rows.labels("ring")._sum.get()
+            gone = metrics.rejections.labels("ring", "client_gone")._value.get()
+            return computed, gone, sent
+
+    computed, gone, sent = asyncio.run(scenario())
+    assert computed == 4  # only the busy request's rows were ever computed
+    assert gone == 1 and sent[0]["status"] == 499
