@@ -48,6 +48,30 @@ class QualityGate(BaseModel):
     threshold: float
 
 
+class GateResult(BaseModel):
+    metric: str
+    op: Literal["<=", ">="]
+    threshold: float
+    value: float | None
+    passed: bool
+
+
+class Evaluation(BaseModel):
+    """How `metrics` were measured: they are numbers only next to their protocol."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    protocol: str
+    feature_space: str | None = None
+    evaluator_sha256: str | None = None
+    samples: int = Field(ge=1)
+    seeds: int = Field(ge=1)
+    reference: str
+    evaluated_at: datetime
+    command: str | None = None
+    wall_time_s: float = Field(ge=0)
+
+
 class Manifest(BaseModel):
     """Everything the service needs to know about one exported generator version."""
 
@@ -73,6 +97,7 @@ class Manifest(BaseModel):
     parity_max_abs_diff: float = Field(ge=0)
     metrics: dict[str, float] = Field(default_factory=dict)
     gates: list[QualityGate] = Field(default_factory=list)
+    evaluation: Evaluation | None = None
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Manifest:
@@ -104,6 +129,17 @@ class Manifest(BaseModel):
     @property
     def conditional(self) -> bool:
         return self.num_classes > 0
+
+    def gate_results(self) -> list[GateResult]:
+        """Each gate against `metrics`; a gate whose metric is missing fails."""
+        results = []
+        for gate in self.gates:
+            value = self.metrics.get(gate.metric)
+            passed = value is not None and (
+                value <= gate.threshold if gate.op == "<=" else value >= gate.threshold
+            )
+            results.append(GateResult(**gate.model_dump(), value=value, passed=passed))
+        return results
 
 
 def _describe(error: ValidationError, source: str) -> str:

@@ -44,6 +44,12 @@ class Metrics:
         self.rejections = Counter(
             "gan_rejections", "Requests refused or dropped, by reason", ["model", "reason"], registry=r
         )
+        self.quality = Gauge(
+            "gan_model_quality",
+            "Quality metrics from the model's manifest",
+            ["model", "version", "metric"],
+            registry=r,
+        )
         self.model_info = Gauge(
             "gan_model_info", "Loaded model versions (1 = ready, 0 = failed)",
             ["model", "version", "provider", "sha256", "status"], registry=r,

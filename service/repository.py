@@ -94,6 +94,22 @@ def warm_up(model: ModelVersion, rows: int) -> float:
     return rows / max(seconds, 1e-6)
 
 
+def check_quality(manifest: Manifest, mode: str, key: str) -> None:
+    """Under `enforce`, a model without metrics or failing a gate must not serve; under `warn`, say so."""
+    if mode == "off":
+        return
+    failed = [g for g in manifest.gate_results() if not g.passed]
+    problem = None
+    if not manifest.metrics or not manifest.gates:
+        problem = "no quality metrics or gates in the manifest (run `python -m training evaluate`)"
+    elif failed:
+        problem = "; ".join(f"{g.metric} = {g.value} fails {g.op} {g.threshold:g}" for g in failed)
+    if problem and mode == "enforce":
+        raise LoadError(f"quality gate: {problem}")
+    if problem:
+        log.warning("model %s quality: %s (GAN_QUALITY_GATE=warn: serving anyway)", key, problem)
+
+
 def load_version(path: Path, settings: Settings) -> tuple[ModelVersion, float]:
     model = ModelVersion(path.parent.name, int(path.name), path)
     started = time.perf_counter()
@@ -123,6 +139,7 @@ def load_version(path: Path, settings: Settings) -> tuple[ModelVersion, float]:
         if settings.device == "cuda" and model.provider != CUDA:
             raise LoadError(f"GAN_DEVICE=cuda but the session runs on {model.provider}")
         rows_per_s = warm_up(model, settings.warmup_rows)
+        check_quality(manifest, settings.quality_gate, model.key)
         model.status, model.reason = "ready", None
     except (ManifestError, LoadError, OSError, ValueError) as error:
         model.status, model.reason = "failed", str(error)
@@ -161,6 +178,8 @@ class Repository:
                     )
                     model.batcher.start()
                 sha = model.manifest.onnx_sha256 if model.manifest else ""
+                for metric, value in (model.manifest.metrics if model.manifest else {}).items():
+                    self.metrics.quality.labels(model.name, str(model.version), metric).set(value)
                 self.metrics.model_info.labels(
                     model.name, str(model.version), model.provider or "none", sha, model.status
                 ).set(1 if model.status == "ready" else 0)

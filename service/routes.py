@@ -302,6 +302,13 @@ def describe(model: ModelVersion, default: int | None) -> dict[str, Any]:
         "provider": model.provider,
         "load_seconds": round(model.load_seconds, 4),
         "queue_rows": model.batcher.queued_rows if model.batcher else 0,
+        "quality": {
+            "metrics": model.manifest.metrics,
+            "gates": [g.model_dump() for g in model.manifest.gate_results()],
+            "passed": bool(model.manifest.gates) and all(g.passed for g in model.manifest.gate_results()),
+        }
+        if model.manifest
+        else None,
         "manifest": model.manifest.model_dump(mode="json") if model.manifest else None,
     }
 

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
         description="let ORT's idle intra-op threads spin: faster back-to-back runs, but a spinning core starves the event loop",
     )
     warmup_rows: int = Field(8, ge=1, le=4096, description="rows in the warm-up batch at load")
+    quality_gate: Literal["off", "warn", "enforce"] = Field(
+        "warn", description="enforce: a model without metrics or failing a gate is not served; warn: log it"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="after")

@@ -43,6 +43,17 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--name", required=True)
     e.add_argument("--version", type=int, help="default: one above the highest existing version")
     e.add_argument("--weights", choices=("ema", "raw"), default="ema", help="default: the EMA generator")
+    q = commands.add_parser("evaluate", help="measure an exported model's quality; writes metrics and gates")
+    q.add_argument("--model-dir", required=True, type=Path)
+    q.add_argument("--name", required=True)
+    q.add_argument("--version", type=int, help="default: the highest version")
+    q.add_argument("--seeds", type=int, default=5, help="2-D mixtures: runs of 2,500 samples")
+
+    v = commands.add_parser("evaluator", help="train and ship an evaluator network (quality metrics)")
+    v.add_argument("--data", required=True, choices=("fashion-mnist", "mnist"))
+    v.add_argument("--epochs", type=int, default=3)
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--out", type=Path, help="default: training/evaluators/<data>")
     return parser
 
 
@@ -78,13 +89,24 @@ def main(argv: list[str] | None = None) -> int:
                 command=command, progress=not args.no_progress,
             )  # fmt: skip
             print(f"checkpoint: {path}")
+        elif args.command == "evaluate":
+            from training.evaluate import evaluate, report
+
+            print(report(evaluate(args.model_dir, args.name, args.version, args.seeds, command)))
+        elif args.command == "evaluator":
+            from training.evaluator import build
+
+            info = build(args.data, args.epochs, args.seed, args.out, command)
+            print(
+                f"{args.data} evaluator: test accuracy {info['test_accuracy']:.4f} in {info['wall_time_s']} s"
+            )
         else:
             target = export(
                 args.run_dir, args.model_dir, args.name, args.version, weights=args.weights, command=command
             )
             manifest = Manifest.model_validate_json((target / "manifest.json").read_text())
             print(f"exported {target} (parity max |diff| {manifest.parity_max_abs_diff:.2e})")
-    except (DataError, ExportError, ResumeError, ValueError) as error:
+    except (DataError, ExportError, ResumeError, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

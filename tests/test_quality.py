@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from training.data import grid25_means, ring8_means
+from training.quality import (
+    density_coverage,
+    frechet_distance,
+    kid,
+    kl_to_uniform,
+    mixture_scores,
+    precision_recall,
+    stacked_modes,
+)
+
+
+def true_mixture(means: np.ndarray, sigma: float, n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return means[rng.integers(len(means), size=n)] + sigma * rng.standard_normal((n, 2))
+
+
+@pytest.mark.parametrize(
+    ("means", "sigma", "k", "rkl_floor"),
+    [(ring8_means(), 0.01, 8, 0.0015), (grid25_means(), 0.05, 25, 0.005)],
+)
+def test_a_perfect_sampler_scores_the_reference_values(means, sigma: float, k: int, rkl_floor: float) -> None:  # type: ignore[no-untyped-def]
+    runs = [
+        mixture_scores(true_mixture(means.numpy(), sigma, 2500, seed), means.numpy(), sigma)
+        for seed in range(20)
+    ]
+    assert all(r.modes == k for r in runs)
+    hq = np.mean([r.high_quality for r in runs])
+    assert abs(hq - 100 * (1 - math.exp(-4.5))) < 0.3  # P(χ²₂ <= 9) = 98.89 %
+    assert np.mean([r.reverse_kl for r in runs]) == pytest.approx(rkl_floor, rel=0.5)
+
+
+def test_a_collapsed_sampler_has_one_mode() -> None:
+    means = grid25_means().numpy()
+    scores = mixture_scores(
+        means[3] + 0.01 * np.random.default_rng(0).standard_normal((2500, 2)), means, 0.05
+    )
+    assert (
+        scores.modes == 1
+        and scores.high_quality == 100.0
+        and scores.reverse_kl == pytest.approx(math.log(25))
+    )
+
+
+def test_samples_far_from_every_mode_are_not_high_quality() -> None:
+    means = ring8_means().numpy()
+    scores = mixture_scores(np.full((100, 2), 5.0), means, 0.01)
+    assert (scores.modes, scores.high_quality, scores.reverse_kl) == (0, 0.0, pytest.approx(math.log(8)))
+
+
+def test_kl_to_uniform() -> None:
+    assert kl_to_uniform(np.array([5, 5, 5, 5])) == pytest.approx(0.0)
+    assert kl_to_uniform(np.array([10, 0, 0, 0])) == pytest.approx(math.log(4))
+    assert kl_to_uniform(np.array([1, 1, 0, 0])) == pytest.approx(math.log(2))
+
+
+def test_stacked_modes() -> None:
+    every = np.array([[a, b, c] for a in range(10) for b in range(10) for c in range(10)])
+    assert stacked_modes(np.repeat(every, 3, axis=0)) == (1000, pytest.approx(0.0))
+    assert stacked_modes(np.zeros((50, 3), dtype=int)) == (1, pytest.approx(math.log(1000)))
+
+
+def exact_moments(mean: np.ndarray, cov: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Samples whose empirical mean and covariance (ddof 1) are exactly `mean` and `cov`."""
+    x = np.random.default_rng(seed).standard_normal((n, len(mean)))
+    x -= x.mean(0)
+    x = x @ np.linalg.inv(np.linalg.cholesky(np.cov(x, rowvar=False))).T  # whiten exactly
+    return x @ np.linalg.cholesky(cov).T + mean
+
+
+def test_frechet_distance_matches_the_closed_form() -> None:
+    # Diagonal covariances commute: FD = ||μ1 − μ2||² + Σ (σ1 − σ2)².
+    mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])
+    s1, s2 = np.array([1.0, 2.0, 0.5]), np.array([2.0, 1.0, 0.5])
+    a = exact_moments(mu1, np.diag(s1**2), 500, 0)
+    b = exact_moments(mu2, np.diag(s2**2), 700, 1)
+    assert frechet_distance(a, b) == pytest.approx(
+        ((mu1 - mu2) ** 2).sum() + ((s1 - s2) ** 2).sum(), rel=1e-6
+    )
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_kid_is_near_zero_for_one_distribution_and_positive_for_two() -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((2000, 16)), rng.standard_normal((2000, 16))
+    same, _ = kid(a, b, subsets=20, size=500)
+    shifted, _ = kid(a, b + 0.5, subsets=20, size=500)
+    assert abs(same) < 0.01 and shifted > 0.1
+
+
+def test_precision_recall_density_coverage() -> None:
+    rng = np.random.default_rng(0)
+    real, same, other = (
+        rng.standard_normal((1500, 8)),
+        rng.standard_normal((1500, 8)),
+        rng.standard_normal((1500, 8)) + 3,
+    )
+    assert precision_recall(real, real) == (1.0, 1.0)  # every point lies in its own ball
+    precision, recall = precision_recall(real, same)
+    assert precision > 0.7 and recall > 0.7
+    assert precision_recall(real, other)[0] < 0.05
+    density, coverage = density_coverage(real, same)
+    assert (
+        0.85 < density < 1.15 and abs(coverage - (1 - 2**-5)) < 0.03
+    )  # ≈ 1 and ≈ 1 − 2^−k for one distribution
+    assert density_coverage(real, other)[1] < 0.05

@@ -1,0 +1,115 @@
+"""Sample-quality metrics as plain numpy functions, with the exact definitions of ../shared/REFERENCE.md.
+
+2-D mixtures: VEEGAN/PacGAN modes, % high quality and reverse KL. Stacked MNIST: modes and KL to uniform.
+Feature spaces: Fréchet distance, KID (unbiased, cubic kernel), improved precision/recall (k = 3) and
+density/coverage (k = 5).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import linalg
+
+
+@dataclass(frozen=True)
+class MixtureScores:
+    modes: int
+    high_quality: float  # percent of samples within 3σ of their nearest mode
+    reverse_kl: float  # KL(p̂ ‖ uniform) over high-quality samples, nats
+
+
+def mixture_scores(x: np.ndarray, means: np.ndarray, sigma: float) -> MixtureScores:
+    """VEEGAN/PacGAN: nearest mode, HQ if within 3σ, a mode captured when >= 1 HQ sample is nearest to it."""
+    distances = np.linalg.norm(x[:, None, :].astype(np.float64) - means[None, :, :], axis=2)  # (N, K)
+    nearest, closest = distances.argmin(1), distances.min(1)
+    high = closest <= 3 * sigma
+    counts = np.bincount(nearest[high], minlength=len(means))
+    return MixtureScores(int((counts > 0).sum()), 100.0 * float(high.mean()), kl_to_uniform(counts))
+
+
+def kl_to_uniform(counts: np.ndarray) -> float:
+    """KL(p̂ ‖ U_K) = Σ p log(K p) over the non-empty bins (0·log 0 = 0); log K when there are no samples."""
+    total = counts.sum()
+    if total == 0:
+        return math.log(len(counts))
+    p = counts[counts > 0] / total
+    return float((p * np.log(len(counts) * p)).sum())
+
+
+def stacked_modes(digits: np.ndarray) -> tuple[int, float]:
+    """(modes out of 1,000, KL to uniform) from per-channel digit predictions of shape (N, 3)."""
+    labels = digits[:, 0] * 100 + digits[:, 1] * 10 + digits[:, 2]
+    counts = np.bincount(labels, minlength=1000)
+    return int((counts > 0).sum()), kl_to_uniform(counts)
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """||μ_a − μ_b||² + Tr(Σ_a + Σ_b − 2 (Σ_a Σ_b)^½) between the Gaussians fitted to two feature sets."""
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = linalg.sqrtm(cov_a @ cov_b)
+    if not np.isfinite(root).all():  # near-singular product: regularise as pytorch-fid does
+        offset = np.eye(len(cov_a)) * 1e-6
+        root = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    root = root.real
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(root))
+
+
+def kid(
+    a: np.ndarray, b: np.ndarray, subsets: int = 100, size: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """Unbiased MMD² with k(x, y) = (xᵀy / d + 1)³ over subsets drawn without replacement: (mean, std)."""
+    rng = np.random.default_rng(seed)
+    size = min(size, len(a), len(b))
+    d = a.shape[1]
+    values = []
+    for _ in range(subsets):
+        x = a[rng.choice(len(a), size, replace=False)].astype(np.float64)
+        y = b[rng.choice(len(b), size, replace=False)].astype(np.float64)
+        kxx, kyy, kxy = (x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3
+        m = size
+        values.append(
+            (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
+            + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+            - 2 * kxy.sum() / (m * m)
+        )
+    return float(np.mean(values)), float(np.std(values))
+
+
+def _distances(a: np.ndarray, b: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """Euclidean distances (len(a), len(b)) in row chunks, float32 to bound memory."""
+    out = np.empty((len(a), len(b)), dtype=np.float32)
+    b_sq = (b.astype(np.float64) ** 2).sum(1)
+    for start in range(0, len(a), chunk):
+        rows = a[start : start + chunk].astype(np.float64)
+        sq = (rows**2).sum(1)[:, None] + b_sq[None, :] - 2 * rows @ b.T.astype(np.float64)
+        out[start : start + chunk] = np.sqrt(np.maximum(sq, 0.0))
+    return out
+
+
+def _radii(x: np.ndarray, k: int) -> np.ndarray:
+    """Distance from each point to its k-th nearest neighbour within its own set, itself excluded."""
+    d = _distances(x, x)
+    return np.partition(d, k, axis=1)[:, k]  # index 0 is the zero self-distance
+
+
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[float, float]:
+    """Kynkäänniemi et al. 2019: fraction of fakes inside the real manifold, and of reals inside the fake one."""
+    r_real, r_fake = _radii(real, k), _radii(fake, k)
+    d = _distances(real, fake)  # (N real, M fake)
+    precision = float((d <= r_real[:, None]).any(0).mean())
+    recall = float((d <= r_fake[None, :]).any(1).mean())
+    return precision, recall
+
+
+def density_coverage(real: np.ndarray, fake: np.ndarray, k: int = 5) -> tuple[float, float]:
+    """Naeem et al. 2020 (as `prdc`): strict < ; coverage uses real-sample balls only."""
+    r_real = _radii(real, k)
+    d = _distances(real, fake)
+    inside = d < r_real[:, None]
+    density = float(inside.sum() / (k * len(fake)))
+    coverage = float((d.min(1) < r_real).mean())
+    return density, coverage
