@@ -54,6 +54,9 @@ def test_bad_overrides(item: str, message: str) -> None:
         ({"ema_decay": 1.0}, r"ema_decay must be in \[0, 1\)"),
         ({"d_norm": "batch"}, "wgan-gp' needs a per-sample critic"),
         ({"channels": 2}, "channels must be 1 or 3"),
+        ({"pack": 3}, "pack must be >= 1 and divide batch_size 64"),
+        ({"pack": 2}, "pack > 1 needs an unconditional MLP discriminator"),
+        ({"r1_gamma": -1.0}, "r1_gamma must be >= 0"),
     ],
 )
 def test_invalid_configs(overrides: dict[str, object], message: str) -> None:

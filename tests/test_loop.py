@@ -68,7 +68,7 @@ RESUME_CASES = {
     "cgan": dict(data="npz"),  # conditional, spectral norm, hinge
     "wgan-gp": dict(data="npz"),  # n_critic = 5 and the random interpolation of the gradient penalty
     "mlp": dict(data="npz"),  # minimax, no EMA
-    "toy2d": dict(data="ring8"),  # on-the-fly sampling
+    "toy2d": dict(data="ring8", pack=2, r1_gamma=0.1),  # on-the-fly sampling, packing, R1
 }
 
 

@@ -90,3 +90,10 @@ def test_gradients_flow_to_the_generator_output() -> None:
 def test_unknown_loss() -> None:
     with pytest.raises(ValueError, match="unknown loss 'relativistic'"):
         make_loss("relativistic")
+
+
+def test_r1_of_a_linear_critic_is_the_squared_weight_norm() -> None:
+    from training.losses import r1_penalty
+
+    w = torch.tensor([3.0, 4.0])
+    assert r1_penalty(LinearCritic(w), torch.randn(8, 2), None).item() == pytest.approx(25.0)

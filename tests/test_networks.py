@@ -66,3 +66,8 @@ def test_bad_architectures() -> None:
         build_networks(NetSpec("dcgan", "vector", (2,), 8, 0, 8, 8))
     with pytest.raises(ValueError, match="unknown arch"):
         build_networks(NetSpec("resnet", "image", (1, 8, 8), 8, 0, 8, 8))
+
+
+def test_packing_judges_groups_of_samples() -> None:
+    _, D = build_networks(NetSpec("mlp", "vector", (2,), 4, 0, 16, 16, d_norm="none", pack=2))
+    assert D(torch.randn(8, 2)).shape == (4,)  # 8 samples, judged 2 at a time

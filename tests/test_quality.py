@@ -111,3 +111,11 @@ def test_precision_recall_density_coverage() -> None:
         0.85 < density < 1.15 and abs(coverage - (1 - 2**-5)) < 0.03
     )  # ≈ 1 and ≈ 1 − 2^−k for one distribution
     assert density_coverage(real, other)[1] < 0.05
+
+
+def test_frechet_distance_with_a_dead_feature() -> None:
+    # A ReLU unit that never fires makes both covariances singular; the distance must stay exact.
+    mu1, mu2 = np.array([0.0, 1.0]), np.array([1.0, 1.0])
+    a = np.column_stack([exact_moments(mu1, np.diag([1.0, 4.0]), 400, 0), np.zeros(400)])
+    b = np.column_stack([exact_moments(mu2, np.diag([4.0, 1.0]), 400, 1), np.zeros(400)])
+    assert frechet_distance(a, b) == pytest.approx(1.0 + (1 - 2) ** 2 + (2 - 1) ** 2, rel=1e-9)

@@ -37,6 +37,8 @@ class TrainConfig:
     steps: int = 1000  # generator steps; --epochs converts to steps
     n_critic: int = 1  # discriminator steps per generator step
     gp_lambda: float = 10.0
+    r1_gamma: float = 0.0  # R1 penalty γ/2·E||∇D(x_real)||² (Mescheder et al. 2018); 0 disables
+    pack: int = 1  # PacGAN: D judges `pack` samples at once (MLP discriminators)
     ema_decay: float = 0.999  # 0 disables the EMA copy of G
     seed: int = 0
     data_dir: str | None = None
@@ -59,6 +61,12 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.loss == "wgan-gp" and self.d_norm == "batch":
             raise ValueError("loss 'wgan-gp' needs a per-sample critic: set d_norm to 'none' or 'layer'")
+        if self.pack < 1 or self.batch_size % self.pack:
+            raise ValueError(f"pack must be >= 1 and divide batch_size {self.batch_size}, got {self.pack}")
+        if self.pack > 1 and (self.arch != "mlp" or self.conditional):
+            raise ValueError("pack > 1 needs an unconditional MLP discriminator (arch 'mlp')")
+        if self.r1_gamma < 0:
+            raise ValueError(f"r1_gamma must be >= 0, got {self.r1_gamma}")
         if self.channels not in (None, 1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from service.manifest import atomic_write_bytes
 from training.config import TrainConfig
 from training.data import BUILTIN, MIXTURES, DataSpec, FakeSource, Source, builtin_spec, make_source
-from training.losses import make_loss
+from training.losses import make_loss, r1_penalty
 from training.networks import NetSpec, build_networks
 from training.preview import save_preview
 
@@ -110,6 +110,7 @@ def net_spec_for(cfg: TrainConfig, data: DataSpec) -> NetSpec:
         mlp_layers=cfg.mlp_layers,
         spectral_norm=cfg.spectral_norm,
         d_norm=cfg.d_norm,
+        pack=cfg.pack,
     )
 
 
@@ -295,6 +296,8 @@ def train(
                         with torch.no_grad():
                             x_fake = G(z, c)
                         d_loss = loss.d_loss(D, x_real, x_fake, c)
+                        if cfg.r1_gamma > 0:
+                            d_loss = d_loss + cfg.r1_gamma / 2 * r1_penalty(D, x_real, c)
                     opt_d.zero_grad(set_to_none=True)
                     d_loss.backward()
                     opt_d.step()

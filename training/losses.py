@@ -70,6 +70,13 @@ def gradient_penalty(
     return ((grad.flatten(1).norm(2, dim=1) - 1.0) ** 2).mean()
 
 
+def r1_penalty(D: nn.Module, real: Tensor, c: Tensor | None) -> Tensor:
+    """E||∇ₓD(x)||² on real data (Mescheder et al. 2018); the loop adds γ/2 times it to the D loss."""
+    real = real.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(D(real, c).sum(), real, create_graph=True)
+    return grad.pow(2).flatten(1).sum(1).mean()
+
+
 class WGANGP(Loss):
     """Gulrajani et al. 2017: critic loss E[D(fake)] - E[D(real)] + λ·GP, with n_critic critic steps."""
 

@@ -30,6 +30,7 @@ class NetSpec:
     mlp_layers: int = 2
     spectral_norm: bool = False
     d_norm: str = "batch"  # "batch" | "layer" | "none"
+    pack: int = 1  # PacGAN: the MLP discriminator sees `pack` samples concatenated
 
 
 def _sn(module: nn.Module, enabled: bool) -> nn.Module:
@@ -126,8 +127,9 @@ class _Projection(nn.Module):
 class MLPDiscriminator(nn.Module):
     def __init__(self, spec: NetSpec) -> None:
         super().__init__()
-        width, in_dim = spec.d_width, math.prod(spec.out_shape)
-        layers: list[nn.Module] = [nn.Flatten()]
+        width, in_dim = spec.d_width, math.prod(spec.out_shape) * spec.pack
+        self.in_dim = in_dim
+        layers: list[nn.Module] = []
         for _ in range(spec.mlp_layers):
             layers.append(_sn(nn.Linear(in_dim, width), spec.spectral_norm))  # (N, width)
             if spec.d_norm == "layer":
@@ -140,7 +142,8 @@ class MLPDiscriminator(nn.Module):
         self.head = _Projection(width, spec.num_classes, spec.spectral_norm)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self.features(x), c)  # (N,) logits
+        packed = x.reshape(-1, self.in_dim)  # (N / pack, pack * prod(shape)): PacGAN's packing
+        return self.head(self.features(packed), c)  # (N / pack,) logits
 
 
 class DCGANDiscriminator(nn.Module):

@@ -11,7 +11,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import linalg
 
 
 @dataclass(frozen=True)
@@ -46,16 +45,23 @@ def stacked_modes(digits: np.ndarray) -> tuple[int, float]:
     return int((counts > 0).sum()), kl_to_uniform(counts)
 
 
+def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
+    values, vectors = np.linalg.eigh(matrix)
+    return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
+
+
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """||μ_a − μ_b||² + Tr(Σ_a + Σ_b − 2 (Σ_a Σ_b)^½) between the Gaussians fitted to two feature sets."""
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root = linalg.sqrtm(cov_a @ cov_b)
-    if not np.isfinite(root).all():  # near-singular product: regularise as pytorch-fid does
-        offset = np.eye(len(cov_a)) * 1e-6
-        root = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
-    root = root.real
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(root))
+    """||μ_a − μ_b||² + Tr(Σ_a + Σ_b − 2 (Σ_a Σ_b)^½) between the Gaussians fitted to two feature sets.
+
+    Tr (Σ_a Σ_b)^½ is computed as Σ √λ of the symmetric PSD matrix Σ_a^½ Σ_b Σ_a^½ (same eigenvalues as
+    Σ_a Σ_b), which stays exact when ReLU features leave the covariances singular.
+    """
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    mu_a, mu_b = a64.mean(0), b64.mean(0)
+    cov_a, cov_b = np.cov(a64, rowvar=False), np.cov(b64, rowvar=False)
+    root_a = _psd_sqrt(cov_a)
+    trace_root = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ cov_b @ root_a), 0.0, None)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_root)
 
 
 def kid(
