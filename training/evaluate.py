@@ -46,6 +46,9 @@ GATES: dict[str, list[tuple[str, str, float]]] = {
     "fashion-mnist": [("fd_ratio", "<=", 3.0)],
     "fashion-mnist/conditional": [("class_accuracy", ">=", 0.90), ("fd_ratio", "<=", 3.0)],
     "stacked-mnist": [("stacked_modes", ">=", 1000), ("stacked_kl", "<=", 0.03)],
+    # The vanilla MLP GAN has no target in the quality issue; this gate was fixed before measuring it: at
+    # least half of its samples must lie on the real digits' feature manifold.
+    "mnist": [("precision", ">=", 0.5)],
 }
 
 
@@ -128,10 +131,17 @@ def evaluate_stacked(
 ) -> tuple[dict[str, float], str, Evaluator]:
     evaluator = Evaluator("stacked-mnist")
     n = n or 26_000
-    x, _ = sample(n, seed)
-    digits = np.stack([evaluator.run(x[:, k : k + 1])[0].argmax(1) for k in range(3)], axis=1)
-    modes, kl = stacked_modes(digits)
-    return {"stacked_modes": float(modes), "stacked_kl": kl}, "1,000 digit triples, uniform", evaluator
+
+    def scores(x: np.ndarray) -> tuple[int, float]:
+        return stacked_modes(np.stack([evaluator.run(x[:, k : k + 1])[0].argmax(1) for k in range(3)], axis=1))
+
+    modes, kl = scores(sample(n, seed)[0])
+    # Floor: real stacked triples (held-out digits) through the same classifier at the same N.
+    real, _ = make_source("stacked-mnist", split="test", seed=seed).batch(0, n)
+    floor_modes, floor_kl = scores(real.numpy())
+    metrics = {"stacked_modes": float(modes), "stacked_kl": kl}
+    metrics |= {"stacked_modes_floor": float(floor_modes), "stacked_kl_floor": floor_kl}
+    return metrics, f"1,000 digit triples, uniform; floor: {n} real stacked triples", evaluator
 
 
 def evaluate(
