@@ -133,7 +133,9 @@ def evaluate_stacked(
     n = n or 26_000
 
     def scores(x: np.ndarray) -> tuple[int, float]:
-        return stacked_modes(np.stack([evaluator.run(x[:, k : k + 1])[0].argmax(1) for k in range(3)], axis=1))
+        return stacked_modes(
+            np.stack([evaluator.run(x[:, k : k + 1])[0].argmax(1) for k in range(3)], axis=1)
+        )
 
     modes, kl = scores(sample(n, seed)[0])
     # Floor: real stacked triples (held-out digits) through the same classifier at the same N.

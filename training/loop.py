@@ -226,7 +226,8 @@ def train(
     # Step 4. Resume: every network, optimiser, RNG and counter exactly as it was saved.
     step, wall_time_s = 0, 0.0
     if resume:
-        state = load_checkpoint(ckpt_path, device)
+        # RNG states must stay CPU byte tensors; weights and optimizer state follow their parameters' device.
+        state = load_checkpoint(ckpt_path, "cpu")
         _check_resume(state["config"], cfg, ckpt_path)
         G.load_state_dict(state["G"])
         D.load_state_dict(state["D"])
@@ -237,9 +238,10 @@ def train(
         torch.set_rng_state(state["rng"]["torch"])
         if device.type == "cuda" and state["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        latent_gen.set_state(state["rng"]["latent"].to(latent_gen.device if device.type == "cpu" else "cpu"))
+        latent_gen.set_state(state["rng"]["latent"])
         step, wall_time_s = state["step"], state["wall_time_s"]
-        command = state.get("train_command") or command
+        # Provenance keeps every command that shaped the weights: the first run and each resume.
+        command = " && ".join(c for c in (state.get("train_command"), command) if c) or None
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / "config.json")
 
