@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -11,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import install_error_handlers
+from service.errors import error_response, install_error_handlers
 from service.metrics import Metrics
 from service.repository import Repository
 from service.routes import router
@@ -47,13 +46,11 @@ class Gate:
     def __init__(self, app: ASGIApp, state: AppState) -> None:
         self.app, self.state = app, state
 
-    async def _reply(self, send: Send, status: int, detail: str, field: str | None = None) -> None:
-        body = json.dumps({"detail": detail, "field": field}).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        if status == 503:
-            headers.append((b"retry-after", b"1"))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+    async def _reply(
+        self, scope: Scope, receive: Receive, send: Send, status: int, detail: str, field: str | None = None
+    ) -> None:
+        headers = {"Retry-After": "1"} if status == 503 else None
+        await error_response(status, detail, field, headers)(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -75,7 +72,9 @@ class Gate:
         try:
             if state.draining and scope["path"] not in ALWAYS_OPEN:
                 state.metrics.rejections.labels("", "draining").inc()
-                await self._reply(send_status, 503, "the service is draining; retry on another replica")
+                await self._reply(
+                    scope, receive, send_status, 503, "the service is draining; retry on another replica"
+                )
                 return
             limit = state.settings.max_body_bytes
             body, more = bytearray(), scope["method"] in ("POST", "PUT", "PATCH")
@@ -88,7 +87,7 @@ class Gate:
                 if len(body) > limit:
                     state.metrics.rejections.labels("", "body_too_large").inc()
                     detail = f"request body exceeds {limit} bytes (GAN_MAX_BODY_BYTES)"
-                    await self._reply(send_status, 413, detail, "body")
+                    await self._reply(scope, receive, send_status, 413, detail, "body")
                     return
             replayed = False
 

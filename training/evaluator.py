@@ -8,9 +8,7 @@ its logits classify. Figures in this space are not comparable with Inception FID
 from __future__ import annotations
 
 import json
-import logging
 import time
-import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from torch import nn
 
 from service.manifest import atomic_write_bytes, sha256_file
 from training.data import make_source
+from training.export import onnx_export
 from training.loop import cpu_threads, library_versions
 
 EVALUATOR_DIR = Path(__file__).resolve().parent / "evaluators"
@@ -85,15 +84,7 @@ def export_evaluator(
     """model.onnx (input x [N, 1, 28, 28] in [-1, 1]; outputs logits, features) and evaluator.json."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "model.onnx"
-    batch = torch.export.Dim("batch", min=1, max=1 << 20)
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        torch.onnx.export(
-            net, (torch.zeros(2, 1, 28, 28),), str(path), input_names=["x"], output_names=["logits", "features"],
-            dynamic_shapes={"x": {0: batch}}, external_data=False, dynamo=True, verbose=False,
-        )  # fmt: skip
+    onnx_export(net, (torch.zeros(2, 1, 28, 28),), path, ["x"], ["logits", "features"])
     info = {
         "dataset": data,
         "input": {"name": "x", "shape": [1, 28, 28], "value_range": [-1.0, 1.0]},

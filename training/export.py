@@ -65,26 +65,33 @@ def parity_inputs(spec: dict[str, Any], batch: int, seed: int = 0) -> dict[str, 
     return feeds
 
 
-def to_onnx(model: nn.Module, spec: dict[str, Any], path: Path) -> int:
-    """Write a single-file ONNX graph with a dynamic batch axis; returns its default-domain opset."""
+def onnx_export(
+    model: nn.Module, args: tuple[torch.Tensor, ...], path: Path, inputs: list[str], outputs: list[str]
+) -> int:
+    """Single-file ONNX (dynamo exporter) with a dynamic batch axis on every input; returns the opset."""
     import onnx
 
-    example = parity_inputs(spec, 2)
-    args = tuple(torch.from_numpy(v) for v in example.values())
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
-    dynamic = {name: {0: batch} for name in example}
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" notices
     with warnings.catch_warnings():
         # The dynamo exporter warns about its own internals (pytree spec deprecations, axis renaming).
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", UserWarning)
         torch.onnx.export(
-            model, args, str(path), input_names=list(example), output_names=["x"],
-            dynamic_shapes=dynamic, external_data=False, dynamo=True, verbose=False,
+            model, args, str(path), input_names=inputs, output_names=outputs,
+            dynamic_shapes={name: {0: batch} for name in inputs}, external_data=False, dynamo=True, verbose=False,
         )  # fmt: skip
     graph = onnx.load(str(path))
     onnx.checker.check_model(graph)
     return next(op.version for op in graph.opset_import if op.domain in ("", "ai.onnx"))
+
+
+def to_onnx(model: nn.Module, spec: dict[str, Any], path: Path) -> int:
+    """The generator's graph: inputs z (and c), output x."""
+    example = parity_inputs(spec, 2)
+    return onnx_export(
+        model, tuple(torch.from_numpy(v) for v in example.values()), path, list(example), ["x"]
+    )
 
 
 def check_graph(path: Path, spec: dict[str, Any]) -> None:

@@ -96,26 +96,30 @@ def _distances(a: np.ndarray, b: np.ndarray, chunk: int = 2048) -> np.ndarray:
     return out
 
 
-def _radii(x: np.ndarray, k: int) -> np.ndarray:
-    """Distance from each point to its k-th nearest neighbour within its own set, itself excluded."""
-    d = _distances(x, x)
-    return np.partition(d, k, axis=1)[:, k]  # index 0 is the zero self-distance
+def _kth(distances: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the distance to the k-th nearest neighbour within the same set (index 0 is the self-distance)."""
+    return np.partition(distances, k, axis=1)[:, k]
+
+
+def manifold_metrics(real: np.ndarray, fake: np.ndarray, k_pr: int = 3, k_dc: int = 5) -> dict[str, float]:
+    """Precision/recall (Kynkäänniemi et al. 2019, k = 3, closed balls) and density/coverage (Naeem et al.
+    2020, k = 5, strict < as `prdc`), from one pass over the three distance matrices."""
+    real_real, fake_fake, real_fake = _distances(real, real), _distances(fake, fake), _distances(real, fake)
+    r_pr_real, r_dc_real = _kth(real_real, k_pr), _kth(real_real, k_dc)
+    r_pr_fake = _kth(fake_fake, k_pr)
+    return {
+        "precision": float((real_fake <= r_pr_real[:, None]).any(0).mean()),  # fakes inside the real manifold
+        "recall": float((real_fake <= r_pr_fake[None, :]).any(1).mean()),  # reals inside the fake manifold
+        "density": float((real_fake < r_dc_real[:, None]).sum() / (k_dc * len(fake))),
+        "coverage": float((real_fake.min(1) < r_dc_real).mean()),  # real balls only
+    }
 
 
 def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[float, float]:
-    """Kynkäänniemi et al. 2019: fraction of fakes inside the real manifold, and of reals inside the fake one."""
-    r_real, r_fake = _radii(real, k), _radii(fake, k)
-    d = _distances(real, fake)  # (N real, M fake)
-    precision = float((d <= r_real[:, None]).any(0).mean())
-    recall = float((d <= r_fake[None, :]).any(1).mean())
-    return precision, recall
+    scores = manifold_metrics(real, fake, k_pr=k)
+    return scores["precision"], scores["recall"]
 
 
 def density_coverage(real: np.ndarray, fake: np.ndarray, k: int = 5) -> tuple[float, float]:
-    """Naeem et al. 2020 (as `prdc`): strict < ; coverage uses real-sample balls only."""
-    r_real = _radii(real, k)
-    d = _distances(real, fake)
-    inside = d < r_real[:, None]
-    density = float(inside.sum() / (k * len(fake)))
-    coverage = float((d.min(1) < r_real).mean())
-    return density, coverage
+    scores = manifold_metrics(real, fake, k_dc=k)
+    return scores["density"], scores["coverage"]
