@@ -30,7 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
-def running_service(env: dict[str, str] | None = None) -> Iterator[str]:
+def running_service(
+    env: dict[str, str] | None = None, stderr: int | None = None
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """`python -m service` on a free 127.0.0.1 port until the block ends: yields (url, process)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -39,7 +42,9 @@ def running_service(env: dict[str, str] | None = None) -> Iterator[str]:
         | {"GAN_HOST": "127.0.0.1", "GAN_PORT": str(port), "GAN_LOG_LEVEL": "warning"}
         | (env or {})
     )
-    process = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=full_env)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service"], cwd=ROOT, env=full_env, stderr=stderr, text=True
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -52,14 +57,15 @@ def running_service(env: dict[str, str] | None = None) -> Iterator[str]:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the service did not become ready")
             time.sleep(0.1)
-        yield url
+        yield url, process
     finally:
-        process.terminate()
+        if process.poll() is None:
+            process.terminate()
         try:
-            process.wait(timeout=30)
+            process.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.wait()
+            process.communicate()
 
 
 class Connection:
@@ -176,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
 
     if args.start:
-        with running_service() as url:
+        with running_service() as (url, _):
             results = run(url)
     else:
         results = run(args.url)

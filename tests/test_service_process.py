@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
+
+from bench.load import running_service
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,34 +26,6 @@ def test_importing_the_service_does_not_load_torch() -> None:
     assert result.stdout.split() == ["False", "False"]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def start_service(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
-    port = free_port()
-    full_env = os.environ | {"GAN_HOST": "127.0.0.1", "GAN_PORT": str(port)} | env
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service"], cwd=ROOT, env=full_env, stderr=subprocess.PIPE, text=True
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None:
-            raise RuntimeError(f"service exited: {process.communicate()[1]}")
-        time.sleep(0.1)
-    process.kill()
-    process.communicate()
-    raise RuntimeError("service did not become ready in 60 s")
-
-
 async def accepted(client: httpx.AsyncClient) -> float:
     """Requests in flight plus those already answered, from the service's own metrics."""
     text = (await client.get("/metrics")).text
@@ -66,13 +38,14 @@ async def accepted(client: httpx.AsyncClient) -> float:
     return total
 
 
-def test_sigterm_drains_accepted_work_and_refuses_new(tmp_path: Path) -> None:
+def test_sigterm_drains_accepted_work_and_refuses_new() -> None:
     drain_timeout = 30.0
     env = {"GAN_DRAIN_TIMEOUT_S": str(drain_timeout), "GAN_MAX_QUEUE_ROWS": "100000", "GAN_LOG_LEVEL": "info"}
-    process, url = start_service(env)
     body = {"model": "fashion-cgan", "n": 1024, "seed": 1, "format": "npy"}
 
-    async def scenario() -> tuple[list[httpx.Response], int, int, float]:
+    async def scenario(
+        url: str, process: subprocess.Popen[str]
+    ) -> tuple[list[httpx.Response], int, int, float]:
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:
             load = [asyncio.ensure_future(client.post("/generate", json=body)) for _ in range(16)]
             while await accepted(client) < len(load):  # all 16 accepted: seconds of work queued for 2 cores
@@ -86,17 +59,12 @@ def test_sigterm_drains_accepted_work_and_refuses_new(tmp_path: Path) -> None:
             responses = list(await asyncio.gather(*load))
             return responses, ready, late, signalled
 
-    try:
-        responses, ready, late, signalled = asyncio.run(scenario())
+    with running_service(env, stderr=subprocess.PIPE) as (url, process):
+        responses, ready, late, signalled = asyncio.run(scenario(url, process))
         exit_code = process.wait(timeout=drain_timeout + 15)
         exited_after = time.monotonic() - signalled
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.stderr is not None
-    log = process.stderr.read()
-    process.stderr.close()
+        assert process.stderr is not None
+        log = process.stderr.read()
     statuses = [r.status_code for r in responses]
     assert ready == 503 and late == 503
     assert statuses == [200] * 16  # every request accepted before SIGTERM is served: none lost
