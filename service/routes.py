@@ -294,6 +294,7 @@ async def augment(body: AugmentRequest, request: Request, state: StateDep) -> Re
 
 
 def describe(model: ModelVersion, default: int | None) -> dict[str, Any]:
+    gates = model.manifest.gate_results() if model.manifest else []
     return {
         "version": model.version,
         "status": model.status,
@@ -304,8 +305,8 @@ def describe(model: ModelVersion, default: int | None) -> dict[str, Any]:
         "queue_rows": model.batcher.queued_rows if model.batcher else 0,
         "quality": {
             "metrics": model.manifest.metrics,
-            "gates": [g.model_dump() for g in model.manifest.gate_results()],
-            "passed": bool(model.manifest.gates) and all(g.passed for g in model.manifest.gate_results()),
+            "gates": [g.model_dump() for g in gates],
+            "passed": bool(gates) and all(g.passed for g in gates),
         }
         if model.manifest
         else None,

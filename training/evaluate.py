@@ -78,9 +78,15 @@ class Sampler:
         return np.concatenate(out), labels
 
 
+MIXTURE_SAMPLES = 2500  # per seed (VEEGAN/PacGAN)
+STACKED_SAMPLES = 26_000
+
+
 def evaluate_mixture(sample: Sampler, data: str, seeds: int) -> tuple[dict[str, float], str]:
     means_fn, sigma = MIXTURES[data]
-    runs = [mixture_scores(sample(2500, seed)[0], means_fn().numpy(), sigma) for seed in range(seeds)]
+    runs = [
+        mixture_scores(sample(MIXTURE_SAMPLES, seed)[0], means_fn().numpy(), sigma) for seed in range(seeds)
+    ]
     metrics: dict[str, float] = {}
     for name, values in (
         ("modes", [r.modes for r in runs]),
@@ -107,7 +113,8 @@ def feature_metrics(real: np.ndarray, fake: np.ndarray, prefix: str = "") -> dic
 
 def evaluate_images(
     sample: Sampler, data: str, seed: int, n: int | None = None
-) -> tuple[dict[str, float], str, Evaluator]:
+) -> tuple[dict[str, float], str, Evaluator, int]:
+    """Feature-space metrics and their floors; returns (metrics, reference, evaluator, samples used)."""
     evaluator = Evaluator(data)
     test, train = make_source(data, split="test"), make_source(data, split="train")
     n = min(n or len(test), len(test))
@@ -123,14 +130,14 @@ def evaluate_images(
     if labels is not None:
         metrics["class_accuracy"] = float((logits.argmax(1) == labels).mean())
     reference = f"{data} test split ({n}); floor: {n} train images vs the test split"
-    return metrics, reference, evaluator
+    return metrics, reference, evaluator, n
 
 
 def evaluate_stacked(
     sample: Sampler, seed: int, n: int | None = None
 ) -> tuple[dict[str, float], str, Evaluator]:
     evaluator = Evaluator("stacked-mnist")
-    n = n or 26_000
+    n = n or STACKED_SAMPLES
 
     def scores(x: np.ndarray) -> tuple[int, float]:
         return stacked_modes(
@@ -143,7 +150,7 @@ def evaluate_stacked(
     floor_modes, floor_kl = scores(real.numpy())
     metrics = {"stacked_modes": float(modes), "stacked_kl": kl}
     metrics |= {"stacked_modes_floor": float(floor_modes), "stacked_kl_floor": floor_kl}
-    return metrics, f"1,000 digit triples, uniform; floor: {n} real stacked triples", evaluator
+    return metrics, f"1,000 digit triples, uniform; floor: {n} real stacked triples", evaluator, n
 
 
 def evaluate(
@@ -175,13 +182,13 @@ def evaluate(
     evaluator: Evaluator | None = None
     if data in MIXTURES:
         metrics, reference = evaluate_mixture(sample, data, seeds)
-        samples = 2500
+        samples = MIXTURE_SAMPLES
     elif data in ("fashion-mnist", "mnist"):
-        metrics, reference, evaluator = evaluate_images(sample, data, seed=0, n=samples)
-        samples, seeds = min(samples or 10**9, len(make_source(data, split="test"))), 1
+        metrics, reference, evaluator, samples = evaluate_images(sample, data, seed=0, n=samples)
+        seeds = 1
     elif data == "stacked-mnist":
-        metrics, reference, evaluator = evaluate_stacked(sample, seed=0, n=samples)
-        samples, seeds = samples or 26_000, 1
+        metrics, reference, evaluator, samples = evaluate_stacked(sample, seed=0, n=samples)
+        seeds = 1
     else:
         raise ValueError(f"no evaluation protocol for data '{data}'")
     key = f"{data}/conditional" if manifest.num_classes and f"{data}/conditional" in GATES else data
