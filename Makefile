@@ -26,7 +26,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[train,cpu,dev]'
 	touch $@
 
-# Debian packages the tests use: Fashion-MNIST (nothing is downloaded at run time) and promtool.
+# Debian packages the tests use: Fashion-MNIST (nothing is downloaded at run time), Prometheus and promtool.
+# kubectl (with its built-in kustomize) comes with the machine image; Debian's kubernetes-client is too old.
 system-deps:
 	@missing=""; \
 	[ -d $(FASHION_MNIST_DIR) ] || missing="$$missing dataset-fashion-mnist"; \
@@ -35,6 +36,7 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	  else echo "missing Debian packages: sudo apt-get install$$missing" >&2; exit 1; fi; \
 	fi
+	@kubectl kustomize --help >/dev/null 2>&1 || { echo "kubectl with kustomize (>= 1.27) is needed to render k8s/" >&2; exit 1; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
