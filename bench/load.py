@@ -79,16 +79,16 @@ class Connection:
     async def open(cls, host: str, port: int) -> Connection:
         return cls(*await asyncio.open_connection(host, port))
 
-    async def request(self, payload: bytes) -> tuple[int, bytes]:
+    async def request(self, payload: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
+        """Send one request; (status, headers with lower-case names, body)."""
         self.writer.write(payload)
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
-        length = 0
+        headers = {}
         for line in head.split(b"\r\n")[1:]:
             name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        return status, await self.reader.readexactly(length)
+            headers[name.strip().lower()] = value.strip()
+        return status, headers, await self.reader.readexactly(int(headers.get(b"content-length", 0)))
 
     def close(self) -> None:
         self.writer.close()
@@ -114,6 +114,7 @@ async def closed_loop(
     payload = http_post(host, port, path, body)
     latencies: list[float] = []
     statuses: dict[int, int] = {}
+    retry_after: set[int] = set()
     sent = 0
     connections = [await Connection.open(host, port) for _ in range(concurrency)]
     await connections[0].request(payload)  # one warm request, not counted
@@ -125,13 +126,15 @@ async def closed_loop(
             sent += 1
             started = time.perf_counter()
             try:
-                status, _ = await connection.request(payload)
+                status, headers, _ = await connection.request(payload)
             except (OSError, asyncio.IncompleteReadError):
                 statuses[-1] = statuses.get(-1, 0) + 1
                 return
             statuses[status] = statuses.get(status, 0) + 1
             if status == 200:
                 latencies.append(time.perf_counter() - started)
+            elif status == 429:
+                retry_after.add(int(headers.get(b"retry-after", b"-1")))
 
     began = time.perf_counter()
     await asyncio.gather(*(client_loop(c) for c in connections))
@@ -154,6 +157,8 @@ async def closed_loop(
         "p50_ms": round(float(np.percentile(ms, 50)), 2),
         "p95_ms": round(float(np.percentile(ms, 95)), 2),
         "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "max_ms": round(float(ms.max()), 2),
+        "retry_after_s": sorted(retry_after),
     }
 
 

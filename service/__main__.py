@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from types import FrameType
 
 import uvicorn
+from pydantic import ValidationError
 
+from service.auth import ApiKeyError
 from service.main import create_app
 from service.settings import Settings
 from service.state import AppState
@@ -55,11 +58,17 @@ class DrainingServer(uvicorn.Server):
 
 
 def main() -> None:
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as error:
+        sys.exit(f"invalid GAN_* settings: {error}")
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except ApiKeyError as error:
+        sys.exit(str(error))
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level,
         timeout_graceful_shutdown=5, access_log=False,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from service.batcher import BatchFailed, DeadlineExceeded, Draining, QueueFull
 from service.repository import ModelNotFound, ModelUnavailable
@@ -60,6 +61,14 @@ def install_error_handlers(app: FastAPI) -> None:
             message = item["msg"].removeprefix("Value error, ")
             parts.append(f"{name}: {message}")
         return error_response(422, "; ".join(parts), first)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        if error.status_code == 400:  # the body is not even text: FastAPI's "error parsing the body"
+            _reject(request, "invalid")
+            return error_response(422, "body: not valid JSON (UTF-8 text expected)", "body")
+        field = "path" if error.status_code in (404, 405) else None
+        return error_response(error.status_code, str(error.detail), field, dict(error.headers or {}))
 
     @app.exception_handler(ModelNotFound)
     async def not_found(request: Request, error: ModelNotFound) -> JSONResponse:

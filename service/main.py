@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.auth import KeyRing, key_ring, presented_key
 from service.errors import error_response, install_error_handlers
 from service.metrics import Metrics
 from service.repository import Repository
@@ -20,6 +21,7 @@ from service.state import AppState
 
 log = logging.getLogger("service")
 ALWAYS_OPEN = {"/healthz", "/readyz", "/metrics"}  # answered even while draining
+PROBES = {"/healthz", "/readyz"}  # never need a key: kubelets and load balancers carry none
 ENDPOINTS = {
     "/generate",
     "/interpolate",
@@ -41,15 +43,18 @@ def endpoint_label(path: str) -> str:
 
 
 class Gate:
-    """Pure ASGI middleware in front of every route: drain refusal, body-size limit, request metrics."""
+    """Pure ASGI middleware in front of every route: API keys, drain refusal, body-size limit, metrics."""
 
-    def __init__(self, app: ASGIApp, state: AppState) -> None:
-        self.app, self.state = app, state
+    def __init__(self, app: ASGIApp, state: AppState, keys: KeyRing | None) -> None:
+        self.app, self.state, self.keys = app, state, keys
+        self.open_paths = PROBES | ({"/metrics"} if state.settings.metrics_public else set())
 
     async def _reply(
         self, scope: Scope, receive: Receive, send: Send, status: int, detail: str, field: str | None = None
     ) -> None:
         headers = {"Retry-After": "1"} if status == 503 else None
+        if status == 401:
+            headers = {"WWW-Authenticate": 'Bearer realm="gan-serving"'}
         await error_response(status, detail, field, headers)(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -70,6 +75,17 @@ class Gate:
             state.inflight += 1
             state.metrics.inflight.set(state.inflight)
         try:
+            if (
+                self.keys is not None
+                and scope["path"] not in self.open_paths
+                and not self.keys.accepts(presented_key(scope["headers"]))
+            ):
+                state.metrics.rejections.labels("", "unauthorized").inc()
+                detail = (
+                    "missing or unknown API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+                )
+                await self._reply(scope, receive, send_status, 401, detail, "authorization")
+                return
             if state.draining and scope["path"] not in ALWAYS_OPEN:
                 state.metrics.rejections.labels("", "draining").inc()
                 await self._reply(
@@ -110,6 +126,7 @@ class Gate:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    keys = key_ring(settings)  # a bad keys file stops the start here, with the reason
     metrics = Metrics()
     state = AppState(settings, metrics, Repository(settings, metrics))
 
@@ -132,5 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.gan = state
     app.include_router(router)
     install_error_handlers(app)
-    app.add_middleware(Gate, state=state)
+    app.add_middleware(Gate, state=state, keys=keys)
+    if keys is not None:
+        log.info("API keys required (%d accepted) on all but %s", len(keys), sorted(PROBES))
     return app

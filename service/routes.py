@@ -21,14 +21,39 @@ from service.repository import ModelVersion
 from service.schemas import (
     AugmentRequest,
     Endpoint,
+    ErrorResponse,
     GenerateRequest,
+    HealthResponse,
     InterpolateRequest,
     Label,
     SamplesResponse,
 )
+from service.settings import Settings
 from service.state import AppState
 
-router = APIRouter()
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    what = {
+        401: "missing or unknown API key (when keys are configured)",
+        404: "no such model or version",
+        413: "request body over GAN_MAX_BODY_BYTES",
+        422: "invalid request: `field` names the field, `detail` the limit",
+        429: "queue full: retry after the Retry-After header's seconds",
+        503: "draining, or the model failed to load (Retry-After on draining)",
+        504: "not computed within GAN_REQUEST_TIMEOUT_S",
+    }
+    return {code: {"model": ErrorResponse, "description": what[code]} for code in codes}
+
+
+# Every route may answer 401 (API keys) and 503 (draining); the bodies of all errors are ErrorResponse.
+router = APIRouter(responses=_errors(401, 503))
+SAMPLE_ERRORS = _errors(404, 413, 422, 429, 504)
+SAMPLES_200: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "samples: JSON (format png or json), or a .npy array (format npy) with X-* provenance headers",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
 # Below this many rows, latents and encoding run inline: a thread hop costs more than the work, and the
 # work is mostly Python holding the GIL, so a thread would only make the event loop wait for it.
 INLINE_ROWS = 32
@@ -147,13 +172,31 @@ async def encode_samples(
     return JSONResponse(payload.model_dump(exclude_none=True))
 
 
-@router.post("/generate", response_model=SamplesResponse)
+# Bytes one sample value costs in each response format: uint8 pixels (PNG and base64 add at most about 1.4x
+# over raw bytes for these small images), float32 vectors, JSON numbers as text.
+VALUE_BYTES = {("image", "png"): 2, ("image", "npy"): 1, ("image", "npz"): 1, ("image", "json"): 24}
+
+
+def check_response_size(settings: Settings, manifest: Manifest, rows: int, fmt: str, field: str) -> None:
+    per_value = VALUE_BYTES.get((manifest.kind, fmt), 4 if fmt in ("npy", "npz") else 24)
+    size = rows * int(np.prod(manifest.output_shape)) * per_value
+    if size > settings.max_response_bytes:
+        raise ApiError(
+            422,
+            f"{rows} rows of {manifest.name} as {fmt} would be about {size} bytes; at most "
+            f"{settings.max_response_bytes} (GAN_MAX_RESPONSE_BYTES): ask for fewer rows or a binary format",
+            field,
+        )
+
+
+@router.post("/generate", response_model=SamplesResponse, responses=SAMPLES_200 | SAMPLE_ERRORS)
 async def generate(body: GenerateRequest, request: Request, state: StateDep) -> Response:
     """Generate `n` samples. Sample i of seed s is the same whatever the batch, request size or offset."""
     model = lookup(state, request, body.model, body.version)
     manifest = _manifest(model)
     if body.n > state.settings.max_n:
         raise ApiError(422, f"n must be <= {state.settings.max_n} (GAN_MAX_N), got {body.n}", "n")
+    check_response_size(state.settings, manifest, body.n, body.format, "n")
     labels = resolve_labels(body.labels, manifest, body.n, body.offset)
     seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
     z = await offload(body.n, latents, seed, body.offset, body.n, manifest.z_dim, body.truncation)
@@ -178,7 +221,7 @@ def endpoint_latent(end: Endpoint, manifest: Manifest, truncation: float | None,
     return z.astype(np.float32)
 
 
-@router.post("/interpolate", response_model=SamplesResponse)
+@router.post("/interpolate", response_model=SamplesResponse, responses=SAMPLES_200 | SAMPLE_ERRORS)
 async def interpolate(body: InterpolateRequest, request: Request, state: StateDep) -> Response:
     """A path of `steps` samples from `start` to `end` (both included); labels blend through soft `c`."""
     model = lookup(state, request, body.model, body.version)
@@ -187,6 +230,7 @@ async def interpolate(body: InterpolateRequest, request: Request, state: StateDe
         raise ApiError(
             422, f"steps must be <= {state.settings.max_steps} (GAN_MAX_STEPS), got {body.steps}", "steps"
         )
+    check_response_size(state.settings, manifest, body.steps, body.format, "steps")
     za = endpoint_latent(body.start, manifest, body.truncation, "start")
     zb = endpoint_latent(body.end, manifest, body.truncation, "end")
     t = np.linspace(0.0, 1.0, body.steps)
@@ -243,7 +287,15 @@ def augment_plan(body: AugmentRequest, manifest: Manifest) -> np.ndarray:
     return planned.astype(np.int64)
 
 
-@router.post("/augment", responses={200: {"content": {"application/octet-stream": {}}}})
+AUGMENT_200: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "a page of the set: .npz (format npz) or JSON with base64 PNGs (format png)",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+
+
+@router.post("/augment", response_model=SamplesResponse, responses=AUGMENT_200 | SAMPLE_ERRORS)
 async def augment(body: AugmentRequest, request: Request, state: StateDep) -> Response:
     """A deterministic synthetic labelled set, served a page (`offset`, `limit`) at a time.
 
@@ -272,6 +324,7 @@ async def augment(body: AugmentRequest, request: Request, state: StateDep) -> Re
             422, f"limit must be <= {settings.max_page_rows} (GAN_MAX_PAGE_ROWS), got {limit}", "limit"
         )
     rows = min(limit, total - body.offset)
+    check_response_size(settings, manifest, rows, body.format, "limit")
     index = np.arange(body.offset, body.offset + rows)
     y = np.repeat(np.arange(len(counts)), counts)[index] if manifest.num_classes else None
     seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
@@ -331,20 +384,24 @@ async def list_models(state: StateDep) -> dict[str, Any]:
     return {"models": [describe_model(state, name) for name in sorted(state.repository.models)]}
 
 
-@router.get("/models/{name}")
+@router.get("/models/{name}", responses=_errors(404))
 async def get_model(name: str, state: StateDep) -> dict[str, Any]:
     if name not in state.repository.models:
         raise ApiError(404, f"model '{name}' not found; available: {sorted(state.repository.models)}", "name")
     return describe_model(state, name)
 
 
-@router.get("/healthz")
+@router.get("/healthz", response_model=HealthResponse, response_model_exclude_none=True)
 async def healthz() -> dict[str, str]:
     """Liveness: the process answers."""
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    response_model=HealthResponse,
+    responses={503: {"model": HealthResponse, "description": "loading, draining, or no model ready"}},
+)
 async def readyz(state: StateDep) -> JSONResponse:
     """Readiness: models loaded (on CUDA when GAN_DEVICE=cuda) and not draining."""
     if state.draining:
@@ -357,6 +414,10 @@ async def readyz(state: StateDep) -> JSONResponse:
     return JSONResponse({"status": "ready"})
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}},
+)
 async def metrics(state: StateDep) -> Response:
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -12,7 +12,8 @@ Label = int | str  # a class index or a class name from the manifest
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: `true` is not the integer 1 and "3" is not 3; a client that sends them has a bug to hear about
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str = Field(min_length=1, max_length=128, description="model name (see GET /models)")
     version: int | None = Field(None, ge=1, description="model version; default: the highest ready one")
@@ -32,7 +33,7 @@ class GenerateRequest(_Body):
 
 
 class Endpoint(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="latent of sample 0 for this seed")
     z: list[float] | None = Field(None, description="an explicit latent of length z_dim")
@@ -114,3 +115,8 @@ class SamplesResponse(Provenance):
 class ErrorResponse(BaseModel):
     detail: str
     field: str | None = None
+
+
+class HealthResponse(BaseModel):
+    status: str = Field(description="ok | ready | not ready | draining")
+    models: dict[str, str] | None = Field(None, description="not ready: why, per model version")

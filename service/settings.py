@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BUNDLED_MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -34,6 +34,16 @@ class Settings(BaseSettings):
     max_augment_rows: int = Field(100_000, ge=1, description="rows in one /augment synthetic set")
     max_page_rows: int = Field(4096, ge=1, description="rows per /augment page (limit)")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="request body size before 413")
+    max_response_bytes: int = Field(
+        64 << 20, ge=1024, description="largest sample payload one response may carry (raw bytes) before 422"
+    )
+
+    api_key: SecretStr | None = Field(
+        None,
+        description="when set, every endpoint but the health probes needs this key (Bearer or X-API-Key)",
+    )
+    api_keys_file: Path | None = Field(None, description="a file of accepted keys, one per line, # comments")
+    metrics_public: bool = Field(False, description="with keys set, let /metrics answer without a key")
 
     intra_op_threads: int = Field(
         0, ge=0, le=256, description="ONNX Runtime intra-op threads (0 = ORT default)"
