@@ -31,9 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @contextmanager
 def running_service(
-    env: dict[str, str] | None = None, stderr: int | None = None
+    env: dict[str, str] | None = None, stderr: int | None = None, module: list[str] | None = None
 ) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    """`python -m service` on a free 127.0.0.1 port until the block ends: yields (url, process)."""
+    """`python -m service` (or `python -m MODULE... --port PORT`) on a free 127.0.0.1 port until the block
+    ends: yields (url, process)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -42,9 +43,8 @@ def running_service(
         | {"GAN_HOST": "127.0.0.1", "GAN_PORT": str(port), "GAN_LOG_LEVEL": "warning"}
         | (env or {})
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service"], cwd=ROOT, env=full_env, stderr=stderr, text=True
-    )
+    command = ["-m", "service"] if module is None else ["-m", *module, "--port", str(port)]
+    process = subprocess.Popen([sys.executable, *command], cwd=ROOT, env=full_env, stderr=stderr, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -107,6 +107,7 @@ async def closed_loop(
     duration_s: float,
     max_requests: int,
     path: str = "/generate",
+    keep_latencies: bool = False,
 ) -> dict[str, Any]:
     """`concurrency` clients, each sending its next request when the last one returns, until time or count runs out."""
     parsed = urlparse(url)
@@ -159,7 +160,7 @@ async def closed_loop(
         "p99_ms": round(float(np.percentile(ms, 99)), 2),
         "max_ms": round(float(ms.max()), 2),
         "retry_after_s": sorted(retry_after),
-    }
+    } | ({"latencies_ms": [round(v, 3) for v in ms.tolist()]} if keep_latencies else {})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,10 @@
-"""Dynamic batcher: one queue, one worker task and one future per request; batches are filled with rows.
+"""Dynamic batcher: one queue, one collecting task and one future per request; batches are filled with rows.
 
 A request of n rows may be split across batches and many small requests share one. A batch closes when it
-holds `max_batch_rows` rows or when its oldest request has waited `max_wait_s`. Inference runs on a worker
-thread so the event loop keeps accepting, parsing and answering meanwhile.
+holds `max_batch_rows` rows or when its oldest request has waited `max_wait_s`. Up to `runners` batches are
+computed at once, each on its own worker thread (ONNX Runtime sessions take concurrent `run` calls), so the
+event loop keeps accepting, parsing and answering meanwhile, and a batch is collected only when a runner is
+free to take it: under load it holds everything that arrived during the previous computations.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ class Batcher:
         initial_rows_per_s: float = 1000.0,
         observer: BatchObserver | None = None,
         name: str = "model",
+        runners: int = 1,
     ) -> None:
         self._infer = infer
         self.max_batch_rows, self.max_wait_s, self.max_queue_rows = max_batch_rows, max_wait_s, max_queue_rows
@@ -93,9 +96,12 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{name}")
+        self.runners = runners
+        self._slots = asyncio.Semaphore(runners)
+        self._executor = ThreadPoolExecutor(runners, thread_name_prefix=f"infer-{name}")
         self._worker: asyncio.Task[None] | None = None
-        self._inflight: list[tuple[_Request, int, int]] = []  # the batch being computed
+        self._computing: set[asyncio.Task[None]] = set()
+        self._inflight: list[list[tuple[_Request, int, int]]] = []  # the batches being computed
         self._closed = False
         self.rows_per_s = initial_rows_per_s  # measured drain rate, smoothed
 
@@ -128,7 +134,8 @@ class Batcher:
     async def _collect(self) -> list[tuple[_Request, int, int]]:
         """Wait for a full batch or the oldest request's wait limit, then take up to max_batch_rows rows."""
         while not self._queue:
-            self._idle.set()
+            if not self._inflight:
+                self._idle.set()
             self._wakeup.clear()
             await self._wakeup.wait()
         close_at = self._queue[0].enqueued_at + self.max_wait_s
@@ -164,16 +171,28 @@ class Batcher:
         return chunks
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            chunks = await self._collect()
+            await self._slots.acquire()  # a runner is free: collect what has arrived for it
+            try:
+                chunks = await self._collect()
+            except BaseException:
+                self._slots.release()
+                raise
             if not chunks:
+                self._slots.release()
                 continue
+            self._inflight.append(chunks)
+            task = asyncio.get_running_loop().create_task(self._compute(chunks))
+            self._computing.add(task)
+            task.add_done_callback(self._computing.discard)
+
+    async def _compute(self, chunks: list[tuple[_Request, int, int]]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
             names = chunks[0][0].feeds.keys()
             feeds = {k: np.concatenate([r.feeds[k][a:b] for r, a, b in chunks]) for k in names}
             rows = sum(b - a for _, a, b in chunks)
             started = time.perf_counter()
-            self._inflight = chunks
             try:
                 out = await loop.run_in_executor(self._executor, self._infer, feeds)
                 if len(out) != rows:
@@ -185,13 +204,14 @@ class Batcher:
                 for request, _, _ in chunks:
                     if not request.future.done():
                         request.future.set_exception(failure)
-                self._inflight = []
-                continue
+                self._inflight.remove(chunks)
+                return
             # Not in a `finally`: on cancellation close() still needs the in-flight list to fail it.
-            self._inflight = []
+            self._inflight.remove(chunks)
             seconds = time.perf_counter() - started
             self._observer.batch(rows, seconds)
-            self.rows_per_s = 0.8 * self.rows_per_s + 0.2 * rows / max(seconds, 1e-6)
+            rate = self.runners * rows / max(seconds, 1e-6)  # all runners drain at about this rate
+            self.rows_per_s = 0.8 * self.rows_per_s + 0.2 * rate
             offset = 0
             for request, a, b in chunks:
                 if not request.future.done():
@@ -202,6 +222,10 @@ class Batcher:
                     if request.pending == 0:
                         request.future.set_result(request.out)
                 offset += b - a
+        finally:
+            self._slots.release()
+            if not self._queue and not self._inflight:
+                self._idle.set()
 
     async def drain(self, timeout_s: float) -> bool:
         """Stop intake, let queued work finish for up to timeout_s, then fail the rest; True if all finished."""
@@ -216,11 +240,13 @@ class Batcher:
 
     async def close(self) -> None:
         self._closed = True
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-        for request in [r for r, _, _ in self._inflight] + list(self._queue):
+        for task in [self._worker, *self._computing]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        inflight = [request for chunks in self._inflight for request, _, _ in chunks]
+        for request in inflight + list(self._queue):
             if not request.future.done():
                 request.future.set_exception(Draining("the service stopped before this request was computed"))
         self._queue.clear()

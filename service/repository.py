@@ -175,6 +175,7 @@ class Repository:
                         initial_rows_per_s=rows_per_s,
                         observer=ModelObserver(self.metrics, model.name),
                         name=model.key,
+                        runners=self.settings.runners,
                     )
                     model.batcher.start()
                 sha = model.manifest.onnx_sha256 if model.manifest else ""

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = Field(None, description="a file of accepted keys, one per line, # comments")
     metrics_public: bool = Field(False, description="with keys set, let /metrics answer without a key")
 
+    runners: int = Field(
+        1, ge=1, le=64, description="batches computed at once per model version, each on its own thread"
+    )
     intra_op_threads: int = Field(
         0, ge=0, le=256, description="ONNX Runtime intra-op threads (0 = ORT default)"
     )

@@ -1,0 +1,238 @@
+"""The service end to end against raw ONNX Runtime and the naive baseline, in one run.
+
+    python -m bench.serve --json serve.json --plots docs/bench
+    python -m bench.serve --concurrency 1 8 --ns 1 --formats npy --duration 0.5   (a quick look)
+
+For each server — the service with batching (default settings), the service without (GAN_MAX_BATCH_ROWS=1),
+and the naive FastAPI + ORT app — and each format, n and concurrency: a bounded closed loop on 127.0.0.1
+(bench.load) measures images/s, requests/s, p50/p95/p99 and the server's CPU (cores busy). For the service, the
+mean rows per inference batch comes from its own metrics, and raw ONNX Runtime is timed at that batch size in
+the same run with the same threads: ratio = service images/s ÷ raw images/s. Batching gain = batching on ÷
+off at the same point. The client runs on the same machine and its CPU is reported too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import psutil
+
+from bench.load import closed_loop, running_service
+from bench.raw_ort import feeds_for, machine, session, timed_runs
+from service.manifest import load_manifest
+from service.settings import BUNDLED_MODELS
+
+SERVERS: dict[str, dict[str, Any]] = {
+    "service": {"env": {}},
+    "service, no batching": {"env": {"GAN_MAX_BATCH_ROWS": "1"}},
+    "naive FastAPI + ORT": {"module": ["bench.naive", "--model", "{model}"]},
+}
+
+
+def batch_totals(url: str, model: str) -> tuple[float, float]:
+    """(rows, batches) so far from the service's gan_batch_rows histogram."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    found = {}
+    for kind in ("sum", "count"):
+        match = re.search(rf'^gan_batch_rows_{kind}{{model="{re.escape(model)}"}} (\S+)$', text, re.M)
+        found[kind] = float(match.group(1)) if match else 0.0
+    return found["sum"], found["count"]
+
+
+class RawOrt:
+    """Raw ONNX Runtime on the same model with the service's thread count, timed on demand and cached."""
+
+    def __init__(self, version_dir: Path, threads: int, seconds: float) -> None:
+        self.manifest = load_manifest(version_dir / "manifest.json")
+        self.sess = session(str(version_dir / "model.onnx"), threads)
+        self.seconds, self.cache = seconds, {}  # type: ignore[var-annotated]
+
+    def images_per_s(self, batch: int) -> float:
+        if batch not in self.cache:
+            feeds = feeds_for(self.manifest, batch)
+            self.cache[batch] = batch / timed_runs(lambda: self.sess.run(["x"], feeds), self.seconds)
+        return float(self.cache[batch])
+
+
+def sweep(
+    name: str, url: str, pid: int, model: str, args: argparse.Namespace, raw: RawOrt | None
+) -> list[dict[str, Any]]:
+    server, client = psutil.Process(pid), psutil.Process()
+    rows = []
+    labels = {"labels": 1} if raw is not None and raw.manifest.num_classes else {}
+    for fmt in args.formats:
+        for n in args.ns:
+            for concurrency in args.concurrency:
+                body = {"model": model, "n": n, "seed": 1, "format": fmt, **labels}
+                before = (server.cpu_times(), client.cpu_times(), batch_totals(url, model) if raw else (0, 0))
+                result = asyncio.run(
+                    closed_loop(url, body, concurrency, args.duration, args.max_requests, keep_latencies=True)
+                )
+                after = (server.cpu_times(), client.cpu_times(), batch_totals(url, model) if raw else (0, 0))
+                seconds = result["seconds"]
+                result["server"] = name
+                result["server_cores"] = round(
+                    (after[0].user + after[0].system - before[0].user - before[0].system) / seconds, 2
+                )
+                result["client_cores"] = round(
+                    (after[1].user + after[1].system - before[1].user - before[1].system) / seconds, 2
+                )
+                if raw is not None:
+                    batches = after[2][1] - before[2][1]
+                    mean_rows = (after[2][0] - before[2][0]) / batches if batches else float(n)
+                    result["mean_batch_rows"] = round(mean_rows, 1)
+                    raw_rate = raw.images_per_s(int(np.clip(round(mean_rows), 1, 4096)))
+                    result["raw_ort_images_per_s"] = round(raw_rate, 1)
+                    result["ratio_to_raw"] = round(result["images_per_s"] / raw_rate, 3)
+                rows.append(result)
+                print(
+                    f"{name:<22} {fmt:>4} n={n:<3} c={concurrency:<4} {result['images_per_s']:>9} img/s "
+                    f"{result['requests_per_s']:>8} req/s  p50 {result['p50_ms']:>7} p99 {result['p99_ms']:>7} ms  "
+                    f"server {result['server_cores']} cores"
+                    + (
+                        f"  batch {result['mean_batch_rows']:>5}  raw {result['raw_ort_images_per_s']:>8}  "
+                        f"ratio {result['ratio_to_raw']:.2f}"
+                        if raw is not None
+                        else ""
+                    ),
+                    flush=True,
+                )
+    return rows
+
+
+def gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Batching on ÷ off, and the service ÷ the naive baseline, point by point."""
+    index = {(r["server"], r["format"], r["n"], r["concurrency"]): r for r in rows}
+    out = []
+    for (server, fmt, n, c), r in index.items():
+        if server != "service":
+            continue
+        off = index.get(("service, no batching", fmt, n, c))
+        naive = index.get(("naive FastAPI + ORT", fmt, n, c))
+        out.append(
+            {
+                "format": fmt, "n": n, "concurrency": c,
+                "batching_gain": round(r["images_per_s"] / off["images_per_s"], 2) if off else None,
+                "vs_naive": round(r["images_per_s"] / naive["images_per_s"], 2) if naive else None,
+            }
+        )  # fmt: skip
+    return out
+
+
+def plots(rows: list[dict[str, Any]], directory: Path, model: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    combos = sorted({(r["format"], r["n"]) for r in rows})
+    fig, axes = plt.subplots(1, len(combos), figsize=(4.5 * len(combos), 4), squeeze=False)
+    for ax, (fmt, n) in zip(axes[0], combos, strict=True):
+        for server in SERVERS:
+            points = sorted(
+                (r["concurrency"], r["images_per_s"])
+                for r in rows
+                if r["server"] == server and r["format"] == fmt and r["n"] == n
+            )
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", label=server)
+        raw = [r["raw_ort_images_per_s"] for r in rows if r["server"] == "service" and r["format"] == fmt and r["n"] == n]
+        if raw:
+            ax.axhline(max(raw), color="gray", linestyle="--", label="raw ORT at the batch formed (best)")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel("images/s")
+        ax.set_title(f"{model}, n={n}, {fmt}")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    path = directory / "throughput-vs-concurrency.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in rows:
+        if r["n"] == 1 and r["format"] == rows[0]["format"] and r["concurrency"] in (1, 32):
+            values = np.sort(np.array(r["latencies_ms"]))
+            if values.size:
+                ax.plot(values, np.linspace(0, 1, values.size), label=f"{r['server']}, {r['concurrency']} clients")
+    ax.set_xscale("log")
+    ax.set_xlabel("latency (ms)")
+    ax.set_ylabel("fraction of requests")
+    ax.set_title(f"{model}, n=1: latency distribution")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = directory / "latency-distribution.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="fashion-cgan")
+    parser.add_argument("--model-dir", type=Path, default=BUNDLED_MODELS)
+    parser.add_argument("--servers", nargs="+", default=list(SERVERS), choices=list(SERVERS))
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 128])
+    parser.add_argument("--ns", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--formats", nargs="+", default=["png", "npy"], choices=("png", "npy", "json"))
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds per point")
+    parser.add_argument("--max-requests", type=int, default=200_000, help="requests per point at most")
+    parser.add_argument("--raw-seconds", type=float, default=1.0, help="raw ORT timing per batch size")
+    parser.add_argument("--env", nargs="*", default=[], metavar="GAN_X=V", help="settings for both service runs")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--plots", type=Path, help="write the PNG plots into this folder")
+    args = parser.parse_args(argv)
+    extra_env = dict(item.split("=", 1) for item in args.env)
+    versions = sorted((args.model_dir / args.model).iterdir(), key=lambda p: int(p.name))
+    version_dir = versions[-1]
+    threads = int(extra_env.get("GAN_INTRA_OP_THREADS", os.environ.get("GAN_INTRA_OP_THREADS", "0"))) or (
+        psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    )
+    raw = RawOrt(version_dir, threads, args.raw_seconds)
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    for name in args.servers:
+        spec = SERVERS[name]
+        env = {"GAN_MODEL_DIR": str(args.model_dir)} | extra_env | spec.get("env", {})
+        module = [part.format(model=args.model) for part in spec["module"]] if "module" in spec else None
+        if module:
+            module += ["--model-dir", str(args.model_dir)]
+        with running_service(env, module=module) as (url, process):
+            rows += sweep(name, url, process.pid, args.model, args, raw if module is None else None)
+    summary = gains(rows)
+    print(f"\n{'format':>6} {'n':>4} {'clients':>7} {'batching gain':>14} {'vs naive':>9}")
+    for g in summary:
+        print(f"{g['format']:>6} {g['n']:>4} {g['concurrency']:>7} {g['batching_gain']!s:>14} {g['vs_naive']!s:>9}")
+    print(f"sweep took {time.perf_counter() - started:.0f} s")
+    if args.plots:
+        for path in plots(rows, args.plots, args.model):
+            print(f"wrote {path}")
+    if args.json:
+        for r in rows:
+            r.pop("latencies_ms", None)
+        report = {"machine": machine(), "model": args.model, "version": int(version_dir.name),
+                  "raw_threads": threads, "env": extra_env, "points": rows, "gains": summary}  # fmt: skip
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
