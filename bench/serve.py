@@ -19,6 +19,7 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ SERVERS: dict[str, dict[str, Any]] = {
     "service": {"env": {}},
     "service, no batching": {"env": {"GAN_MAX_BATCH_ROWS": "1"}},
     "naive FastAPI + ORT": {"module": ["bench.naive", "--model", "{model}"]},
+    "bare ASGI (HTTP only)": {"module": ["bench.bare"]},
 }
 
 
@@ -50,18 +52,56 @@ def batch_totals(url: str, model: str) -> tuple[float, float]:
 
 
 class RawOrt:
-    """Raw ONNX Runtime on the same model with the service's thread count, timed on demand and cached."""
+    """Raw ONNX Runtime on the same model, threads and runners as the service, timed on demand and cached.
 
-    def __init__(self, version_dir: Path, threads: int, seconds: float) -> None:
+    With R runners the service computes R batches at once on one session; so does the reference: R threads
+    call `run` on the same session, and images/s is their total.
+    """
+
+    def __init__(self, version_dir: Path, threads: int, runners: int, seconds: float) -> None:
         self.manifest = load_manifest(version_dir / "manifest.json")
         self.sess = session(str(version_dir / "model.onnx"), threads)
-        self.seconds, self.cache = seconds, {}  # type: ignore[var-annotated]
+        self.runners, self.seconds, self.cache = runners, seconds, {}  # type: ignore[var-annotated]
 
     def images_per_s(self, batch: int) -> float:
         if batch not in self.cache:
             feeds = feeds_for(self.manifest, batch)
-            self.cache[batch] = batch / timed_runs(lambda: self.sess.run(["x"], feeds), self.seconds)
+            if self.runners == 1:
+                rate = batch / timed_runs(lambda: self.sess.run(["x"], feeds), self.seconds)
+            else:
+                rate = concurrent_rate(self.sess, feeds, batch, self.runners, self.seconds)
+            self.cache[batch] = rate
         return float(self.cache[batch])
+
+    def latency_ms(self, batch: int = 1) -> float:
+        """Median wall time of one run: the direct-call floor under a single request."""
+        feeds = feeds_for(self.manifest, batch)
+        self.sess.run(["x"], feeds)
+        times = []
+        for _ in range(500):
+            started = time.perf_counter()
+            self.sess.run(["x"], feeds)
+            times.append(time.perf_counter() - started)
+        return float(np.median(times) * 1000)
+
+
+def concurrent_rate(sess: Any, feeds: dict[str, np.ndarray], batch: int, runners: int, seconds: float) -> float:
+    stop = time.perf_counter() + seconds
+    counts = [0] * runners
+
+    def loop(slot: int) -> None:
+        while time.perf_counter() < stop:
+            sess.run(["x"], feeds)
+            counts[slot] += 1
+
+    sess.run(["x"], feeds)
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(runners)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(counts) * batch / (time.perf_counter() - started)
 
 
 def sweep(
@@ -127,6 +167,17 @@ def gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             }
         )  # fmt: skip
     return out
+
+
+def low_load_tax(rows: list[dict[str, Any]], raw: RawOrt) -> dict[str, float] | None:
+    """Service p50 at 1 client, n=1 against bare HTTP p50 plus one direct ORT call: the batcher's latency tax."""
+    pick = {r["server"]: r for r in rows if r["concurrency"] == 1 and r["n"] == 1 and r["format"] == "npy"}
+    if "service" not in pick or "bare ASGI (HTTP only)" not in pick:
+        return None
+    ort_ms = raw.latency_ms(1)
+    service, http = pick["service"]["p50_ms"], pick["bare ASGI (HTTP only)"]["p50_ms"]
+    return {"service_p50_ms": service, "http_p50_ms": http, "ort_ms": round(ort_ms, 3),
+            "tax_ms": round(service - http - ort_ms, 3)}  # fmt: skip
 
 
 def plots(rows: list[dict[str, Any]], directory: Path, model: str) -> list[Path]:
@@ -200,24 +251,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plots", type=Path, help="write the PNG plots into this folder")
     args = parser.parse_args(argv)
-    extra_env = dict(item.split("=", 1) for item in args.env)
+    # 128 clients x 64 rows must fit in the queue, or the sweep measures 429s instead of throughput.
+    extra_env = {"GAN_MAX_QUEUE_ROWS": "16384"} | dict(item.split("=", 1) for item in args.env)
     versions = sorted((args.model_dir / args.model).iterdir(), key=lambda p: int(p.name))
     version_dir = versions[-1]
-    threads = int(extra_env.get("GAN_INTRA_OP_THREADS", os.environ.get("GAN_INTRA_OP_THREADS", "0"))) or (
-        psutil.cpu_count(logical=False) or os.cpu_count() or 1
-    )
-    raw = RawOrt(version_dir, threads, args.raw_seconds)
+    setting = {**os.environ, **extra_env}
+    threads = int(setting.get("GAN_INTRA_OP_THREADS", "0")) or (psutil.cpu_count(logical=False) or 1)
+    runners = int(setting.get("GAN_RUNNERS", "1"))
+    raw = RawOrt(version_dir, threads, runners, args.raw_seconds)
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     for name in args.servers:
         spec = SERVERS[name]
         env = {"GAN_MODEL_DIR": str(args.model_dir)} | extra_env | spec.get("env", {})
         module = [part.format(model=args.model) for part in spec["module"]] if "module" in spec else None
-        if module:
+        if module and "--model" in module:
             module += ["--model-dir", str(args.model_dir)]
         with running_service(env, module=module) as (url, process):
             rows += sweep(name, url, process.pid, args.model, args, raw if module is None else None)
     summary = gains(rows)
+    tax = low_load_tax(rows, raw)
+    if tax:
+        print(f"\nlow load (1 client, n=1, npy): service p50 {tax['service_p50_ms']} ms; bare HTTP p50 "
+              f"{tax['http_p50_ms']} ms + direct ORT call {tax['ort_ms']} ms -> tax {tax['tax_ms']} ms")  # fmt: skip
     print(f"\n{'format':>6} {'n':>4} {'clients':>7} {'batching gain':>14} {'vs naive':>9}")
     for g in summary:
         print(f"{g['format']:>6} {g['n']:>4} {g['concurrency']:>7} {g['batching_gain']!s:>14} {g['vs_naive']!s:>9}")
@@ -229,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             r.pop("latencies_ms", None)
         report = {"machine": machine(), "model": args.model, "version": int(version_dir.name),
-                  "raw_threads": threads, "env": extra_env, "points": rows, "gains": summary}  # fmt: skip
+                  "raw_threads": threads, "runners": runners, "env": extra_env, "points": rows,
+                  "gains": summary, "low_load": tax}  # fmt: skip
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -37,6 +40,22 @@ def _reject(request: Request, reason: str) -> None:
     request.app.state.gan.metrics.rejections.labels(_model_label(request), reason).inc()
 
 
+# Union members add their type name to the location ("labels.int"); it says nothing to a client.
+_TYPE_NAMES = {"int", "str", "list[union[int,str]]", "function-after[_one_source()]"}
+
+
+def validation_error_response(errors: Sequence[Any]) -> JSONResponse:
+    """422 naming the first failing field, with every problem in the detail."""
+    parts, first = [], None
+    for item in errors:
+        loc = [str(p) for p in item["loc"] if p != "body" and str(p) not in _TYPE_NAMES]
+        name = "body" if item["type"] == "json_invalid" else ".".join(loc) or "body"  # FastAPI puts an offset in loc
+        first = first or name
+        message = item["msg"].removeprefix("Value error, ")
+        parts.append(f"{name}: {message}")
+    return error_response(422, "; ".join(parts), first)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
@@ -47,20 +66,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
         _reject(request, "invalid")
-        parts, first = [], None
-        for item in error.errors():
-            loc = [str(p) for p in item["loc"] if p != "body"]
-            # Union members add their type name to the location ("labels.int"); it says nothing to a client.
-            loc = [
-                p
-                for p in loc
-                if p not in ("int", "str", "list[union[int,str]]", "function-after[_one_source()]")
-            ]
-            name = ".".join(loc) or "body"
-            first = first or name
-            message = item["msg"].removeprefix("Value error, ")
-            parts.append(f"{name}: {message}")
-        return error_response(422, "; ".join(parts), first)
+        return validation_error_response(error.errors())
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:

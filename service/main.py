@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.auth import KeyRing, key_ring, presented_key
 from service.errors import error_response, install_error_handlers
+from service.fastpath import FastGenerate, takes
 from service.metrics import Metrics
 from service.repository import Repository
 from service.routes import router
@@ -45,8 +46,10 @@ def endpoint_label(path: str) -> str:
 class Gate:
     """Pure ASGI middleware in front of every route: API keys, drain refusal, body-size limit, metrics."""
 
-    def __init__(self, app: ASGIApp, state: AppState, keys: KeyRing | None) -> None:
-        self.app, self.state, self.keys = app, state, keys
+    def __init__(
+        self, app: ASGIApp, state: AppState, keys: KeyRing | None, fast: FastGenerate | None = None
+    ) -> None:
+        self.app, self.state, self.keys, self.fast = app, state, keys, fast
         self.open_paths = PROBES | ({"/metrics"} if state.settings.metrics_public else set())
 
     async def _reply(
@@ -114,7 +117,10 @@ class Gate:
                     return {"type": "http.request", "body": bytes(body), "more_body": False}
                 return await receive()
 
-            await self.app(scope, replay, send_status)
+            if self.fast is not None and takes(scope):
+                await self.fast(scope, bytes(body), replay, send_status)
+            else:
+                await self.app(scope, replay, send_status)
         finally:
             if counted:
                 state.inflight -= 1
@@ -149,7 +155,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.gan = state
     app.include_router(router)
     install_error_handlers(app)
-    app.add_middleware(Gate, state=state, keys=keys)
+    fast = FastGenerate(app, state) if settings.fast_path else None
+    app.add_middleware(Gate, state=state, keys=keys, fast=fast)
     if keys is not None:
         log.info("API keys required (%d accepted) on all but %s", len(keys), sorted(PROBES))
     return app

@@ -63,7 +63,7 @@ async def offload(rows: int, function: Any, *args: Any) -> Any:
     return function(*args) if rows <= INLINE_ROWS else await run_in_threadpool(function, *args)
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:  # async: a sync dependency costs a thread-pool hop
     state: AppState = request.app.state.gan
     return state
 

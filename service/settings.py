@@ -58,6 +58,9 @@ class Settings(BaseSettings):
         False,
         description="let ORT's idle intra-op threads spin: faster back-to-back runs, but a spinning core starves the event loop",
     )
+    fast_path: bool = Field(
+        True, description="answer POST /generate without FastAPI's routing layers (same handler, same answers)"
+    )
     warmup_rows: int = Field(8, ge=1, le=4096, description="rows in the warm-up batch at load")
     quality_gate: Literal["off", "warn", "enforce"] = Field(
         "warn", description="enforce: a model without metrics or failing a gate is not served; warn: log it"

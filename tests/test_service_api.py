@@ -415,3 +415,46 @@ def test_a_request_whose_client_left_is_not_computed(model_dir: Path) -> None:
     computed, gone, sent = asyncio.run(scenario())
     assert computed == 4  # only the busy request's rows were ever computed
     assert gone == 1 and sent[0]["status"] == 499
+
+
+# --- the /generate fast path answers exactly as the FastAPI route ---
+
+FAST_PATH_CASES: list[tuple[str, dict[str, str]]] = [
+    ('{"model": "digits", "n": 3, "seed": 5, "labels": "3", "format": "npy"}', {}),
+    ('{"model": "digits", "n": 2, "seed": 5, "labels": [1, 9]}', {}),
+    ('{"model": "ring", "n": 4, "seed": 2, "format": "json", "truncation": 0.7}', {}),
+    ('{"model": "ring", "n": 4, "seed": 2, "offset": 3}', {"content-type": "application/json; charset=utf-8"}),
+    ('{"model": "digits", "n": 2, "labels": [1]}', {}),
+    ('{"model": "digits", "n": 0}', {}),
+    ('{"model": "digits", "offset": false}', {}),
+    ('{"model": "digits", "labels": [1, "a", 2.5]}', {}),
+    ('{"model": "nope"}', {}),
+    ('{"model": "digits", "version": 9}', {}),
+    ('{"model": "ring", "labels": 1}', {}),
+    ('{"model": "digits", "n": 300}', {}),
+    ('{"model": "digits", "extra": 1}', {}),
+    ("[1, 2]", {}),
+    ("{nope", {}),
+    ("", {}),
+]
+
+
+@pytest.mark.parametrize(("body", "headers"), FAST_PATH_CASES)
+def test_fast_path_answers_like_the_fastapi_route(model_dir: Path, body: str, headers: dict[str, str]) -> None:
+    answers = []
+    for fast in (True, False):
+        with TestClient(create_app(Settings(model_dir=model_dir, max_n=256, fast_path=fast))) as client:
+            response = client.post(
+                "/generate", content=body, headers={"content-type": "application/json"} | headers
+            )
+            metrics = client.get("/metrics").text
+        rejections = [line for line in metrics.splitlines() if line.startswith("gan_rejections_total{")]
+        requests = [line for line in metrics.splitlines() if line.startswith("gan_requests_total{")]
+        keep = {k: v for k, v in response.headers.items() if k != "date"}
+        payload = response.json() if response.headers["content-type"] == "application/json" else response.content
+        answers.append((response.status_code, keep, payload, rejections, requests))
+    fast_answer, route_answer = answers
+    if route_answer[0] == 422 and route_answer[2]["field"] == "body":  # not an object: each parser in its words
+        assert fast_answer[2]["field"] == "body" and fast_answer[2]["detail"].startswith("body: ")
+        fast_answer, route_answer = (fast_answer[0], *fast_answer[3:]), (route_answer[0], *route_answer[3:])
+    assert fast_answer == route_answer
