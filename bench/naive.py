@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
     versions = sorted((args.model_dir / args.model).iterdir(), key=lambda p: int(p.name))
-    uvicorn.run(build_app(versions[-1]), host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+    uvicorn.run(
+        build_app(versions[-1]), host="127.0.0.1", port=args.port, log_level="warning", access_log=False
+    )
     return 0
 
 

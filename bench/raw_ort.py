@@ -108,7 +108,11 @@ def gemm_peak(threads: int, size: int = 1024, seconds: float = 1.0) -> dict[str,
     with threadpool_limits(threads):
         b = numpy_helper.to_array(weight)
         numpy_flops = flop / timed_runs(lambda: x @ b, seconds)
-    return {"ort_gflops": ort_flops / 1e9, "numpy_gflops": numpy_flops / 1e9, "peak_gflops": max(ort_flops, numpy_flops) / 1e9}
+    return {
+        "ort_gflops": ort_flops / 1e9,
+        "numpy_gflops": numpy_flops / 1e9,
+        "peak_gflops": max(ort_flops, numpy_flops) / 1e9,
+    }
 
 
 # --- models -----------------------------------------------------------------------------------------------
@@ -130,7 +134,9 @@ def feeds_for(manifest: Any, batch: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     feeds = {"z": rng.standard_normal((batch, manifest.z_dim)).astype(np.float32)}
     if manifest.num_classes:
-        feeds["c"] = np.eye(manifest.num_classes, dtype=np.float32)[rng.integers(0, manifest.num_classes, batch)]
+        feeds["c"] = np.eye(manifest.num_classes, dtype=np.float32)[
+            rng.integers(0, manifest.num_classes, batch)
+        ]
     return feeds
 
 
@@ -201,10 +207,16 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for version_dir in bundled(args.model_dir, args.models):
         result = measure_model(
-            version_dir, args.threads, args.batches, args.seconds, {t: p["peak_gflops"] for t, p in peaks.items()}
+            version_dir,
+            args.threads,
+            args.batches,
+            args.seconds,
+            {t: p["peak_gflops"] for t, p in peaks.items()},
         )
         results.append(result)
-        print(f"\n{result['model']} v{result['version']}: {result['flops_per_image']['total'] / 1e6:.2f} MFLOP/image")
+        print(
+            f"\n{result['model']} v{result['version']}: {result['flops_per_image']['total'] / 1e6:.2f} MFLOP/image"
+        )
         print(f"{'threads':>7} {'batch':>5} {'images/s':>10} {'ms/batch':>9} {'GFLOP/s':>8} {'of peak':>8}")
         for r in result["rows"]:
             print(f"{r['threads']:>7} {r['batch']:>5} {r['images_per_s']:>10} {r['ms_per_batch']:>9} "

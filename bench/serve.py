@@ -31,7 +31,8 @@ import psutil
 from bench.load import closed_loop, running_service
 from bench.raw_ort import feeds_for, machine, session, timed_runs
 from service.manifest import load_manifest
-from service.settings import BUNDLED_MODELS
+from service.runtime import intra_op_threads
+from service.settings import BUNDLED_MODELS, Settings
 
 SERVERS: dict[str, dict[str, Any]] = {
     "service": {"env": {}},
@@ -85,7 +86,9 @@ class RawOrt:
         return float(np.median(times) * 1000)
 
 
-def concurrent_rate(sess: Any, feeds: dict[str, np.ndarray], batch: int, runners: int, seconds: float) -> float:
+def concurrent_rate(
+    sess: Any, feeds: dict[str, np.ndarray], batch: int, runners: int, seconds: float
+) -> float:
     stop = time.perf_counter() + seconds
     counts = [0] * runners
 
@@ -199,7 +202,11 @@ def plots(rows: list[dict[str, Any]], directory: Path, model: str) -> list[Path]
             )
             if points:
                 ax.plot(*zip(*points, strict=True), marker="o", label=server)
-        raw = [r["raw_ort_images_per_s"] for r in rows if r["server"] == "service" and r["format"] == fmt and r["n"] == n]
+        raw = [
+            r["raw_ort_images_per_s"]
+            for r in rows
+            if r["server"] == "service" and r["format"] == fmt and r["n"] == n
+        ]
         if raw:
             ax.axhline(max(raw), color="gray", linestyle="--", label="raw ORT at the batch formed (best)")
         ax.set_xscale("log", base=2)
@@ -219,7 +226,9 @@ def plots(rows: list[dict[str, Any]], directory: Path, model: str) -> list[Path]
         if r["n"] == 1 and r["format"] == rows[0]["format"] and r["concurrency"] in (1, 32):
             values = np.sort(np.array(r["latencies_ms"]))
             if values.size:
-                ax.plot(values, np.linspace(0, 1, values.size), label=f"{r['server']}, {r['concurrency']} clients")
+                ax.plot(
+                    values, np.linspace(0, 1, values.size), label=f"{r['server']}, {r['concurrency']} clients"
+                )
     ax.set_xscale("log")
     ax.set_xlabel("latency (ms)")
     ax.set_ylabel("fraction of requests")
@@ -247,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per point")
     parser.add_argument("--max-requests", type=int, default=200_000, help="requests per point at most")
     parser.add_argument("--raw-seconds", type=float, default=1.0, help="raw ORT timing per batch size")
-    parser.add_argument("--env", nargs="*", default=[], metavar="GAN_X=V", help="settings for both service runs")
+    parser.add_argument(
+        "--env", nargs="*", default=[], metavar="GAN_X=V", help="settings for both service runs"
+    )
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plots", type=Path, help="write the PNG plots into this folder")
     args = parser.parse_args(argv)
@@ -256,8 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     versions = sorted((args.model_dir / args.model).iterdir(), key=lambda p: int(p.name))
     version_dir = versions[-1]
     setting = {**os.environ, **extra_env}
-    threads = int(setting.get("GAN_INTRA_OP_THREADS", "0")) or (psutil.cpu_count(logical=False) or 1)
-    runners = int(setting.get("GAN_RUNNERS", "1"))
+    runners = int(setting.get("GAN_RUNNERS", str(Settings.model_fields["runners"].default)))
+    threads = intra_op_threads(int(setting.get("GAN_INTRA_OP_THREADS", "0")), runners)  # as the service does
     raw = RawOrt(version_dir, threads, runners, args.raw_seconds)
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
@@ -276,7 +287,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{tax['http_p50_ms']} ms + direct ORT call {tax['ort_ms']} ms -> tax {tax['tax_ms']} ms")  # fmt: skip
     print(f"\n{'format':>6} {'n':>4} {'clients':>7} {'batching gain':>14} {'vs naive':>9}")
     for g in summary:
-        print(f"{g['format']:>6} {g['n']:>4} {g['concurrency']:>7} {g['batching_gain']!s:>14} {g['vs_naive']!s:>9}")
+        print(
+            f"{g['format']:>6} {g['n']:>4} {g['concurrency']:>7} {g['batching_gain']!s:>14} {g['vs_naive']!s:>9}"
+        )
     print(f"sweep took {time.perf_counter() - started:.0f} s")
     if args.plots:
         for path in plots(rows, args.plots, args.model):

@@ -38,9 +38,7 @@ def png_base64(images: np.ndarray) -> list[str]:
 @functools.lru_cache(maxsize=256)
 def _npy_header(dtype: str, shape: tuple[int, ...]) -> bytes:
     buffer = io.BytesIO()
-    np.lib.format.write_array_header_1_0(
-        buffer, {"descr": dtype, "fortran_order": False, "shape": shape}
-    )
+    np.lib.format.write_array_header_1_0(buffer, {"descr": dtype, "fortran_order": False, "shape": shape})
     return buffer.getvalue()
 
 

@@ -49,7 +49,9 @@ def validation_error_response(errors: Sequence[Any]) -> JSONResponse:
     parts, first = [], None
     for item in errors:
         loc = [str(p) for p in item["loc"] if p != "body" and str(p) not in _TYPE_NAMES]
-        name = "body" if item["type"] == "json_invalid" else ".".join(loc) or "body"  # FastAPI puts an offset in loc
+        name = (
+            "body" if item["type"] == "json_invalid" else ".".join(loc) or "body"
+        )  # FastAPI puts an offset in loc
         first = first or name
         message = item["msg"].removeprefix("Value error, ")
         parts.append(f"{name}: {message}")

@@ -63,6 +63,3 @@ class FastGenerate:
                 raise
             response = await handler(request, error)
         await response(scope, receive, send)
-
-
-

@@ -14,7 +14,7 @@ import numpy as np
 from service.batcher import Batcher, Feeds
 from service.manifest import MANIFEST_FILE, ONNX_FILE, Manifest, ManifestError, load_manifest, sha256_file
 from service.metrics import Metrics, ModelObserver
-from service.runtime import CUDA, SessionInfo, open_session
+from service.runtime import CUDA, SessionInfo, intra_op_threads, open_session
 from service.settings import Settings
 
 log = logging.getLogger("service.repository")
@@ -128,7 +128,7 @@ def load_version(path: Path, settings: Settings) -> tuple[ModelVersion, float]:
             model.runtime = open_session(
                 path / ONNX_FILE,
                 settings.device,
-                settings.intra_op_threads,
+                intra_op_threads(settings.intra_op_threads, settings.runners),
                 settings.inter_op_threads,
                 settings.ort_spinning,
             )

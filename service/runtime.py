@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,23 @@ def check_single_runtime() -> str:
 class SessionInfo:
     session: ort.InferenceSession
     provider: str  # what the session really runs on: session.get_providers()[0]
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: the cgroup quota (a container's CPU limit) or else the affinity mask."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cpus
+
+
+def intra_op_threads(requested: int, runners: int) -> int:
+    """0 = auto: the available CPUs shared out between the runners (at least 1 each)."""
+    return requested or max(1, available_cpus() // runners)
 
 
 def requested_providers(device: str) -> list[Any]:

@@ -46,10 +46,10 @@ class Settings(BaseSettings):
     metrics_public: bool = Field(False, description="with keys set, let /metrics answer without a key")
 
     runners: int = Field(
-        1, ge=1, le=64, description="batches computed at once per model version, each on its own thread"
+        2, ge=1, le=64, description="batches computed at once per model version, each on its own thread"
     )
     intra_op_threads: int = Field(
-        0, ge=0, le=256, description="ONNX Runtime intra-op threads (0 = ORT default)"
+        0, ge=0, le=256, description="ONNX Runtime threads per run (0 = the available CPUs / GAN_RUNNERS)"
     )
     inter_op_threads: int = Field(
         0, ge=0, le=256, description="ONNX Runtime inter-op threads (0 = ORT default)"
@@ -59,7 +59,8 @@ class Settings(BaseSettings):
         description="let ORT's idle intra-op threads spin: faster back-to-back runs, but a spinning core starves the event loop",
     )
     fast_path: bool = Field(
-        True, description="answer POST /generate without FastAPI's routing layers (same handler, same answers)"
+        True,
+        description="answer POST /generate without FastAPI's routing layers (same handler, same answers)",
     )
     warmup_rows: int = Field(8, ge=1, le=4096, description="rows in the warm-up batch at load")
     quality_gate: Literal["off", "warn", "enforce"] = Field(

@@ -200,3 +200,47 @@ def test_metrics_observer_sees_waits_and_batches() -> None:
     assert (
         kinds.count("wait") == 2 and recorder.events[-1] == ("batch", 4) and ("queue", 0) in recorder.events
     )
+
+
+def test_runners_compute_batches_at_once_and_reassemble_in_order() -> None:
+    """With 2 runners two batches are in flight together; a request split across them comes back in order."""
+    in_flight, most, calls = 0, 0, 0
+    lock = threading.Lock()
+    both_started = threading.Barrier(2, timeout=5)
+
+    def infer(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        nonlocal in_flight, most, calls
+        with lock:
+            in_flight, calls = in_flight + 1, calls + 1
+            most, first_two = max(most, in_flight), calls <= 2
+        if first_two:
+            both_started.wait()  # the first two batches meet here: only possible if they run concurrently
+        with lock:
+            in_flight -= 1
+        return feeds["z"] * 2
+
+    async def main() -> tuple[np.ndarray, bool]:
+        batcher = Batcher(infer, max_batch_rows=4, max_wait_s=0.0, max_queue_rows=100, runners=2)
+        batcher.start()
+        try:
+            out = await batcher.submit(rows(0, 8), 8, 5)  # two batches of 4
+            idle = batcher._idle.is_set()
+            return out, idle
+        finally:
+            await batcher.close()
+
+    out, idle = asyncio.run(main())
+    np.testing.assert_array_equal(out, rows(0, 8)["z"] * 2)
+    assert most == 2 and idle
+
+
+def test_drain_waits_for_every_batch_in_flight() -> None:
+    async def test(batcher: Batcher, model: Model) -> None:
+        model.gate.clear()
+        work = [asyncio.ensure_future(batcher.submit(rows(4 * i, 4), 4, 5)) for i in range(3)]
+        await asyncio.sleep(0.05)  # two batches held in the runners, one queued
+        threading.Timer(0.2, model.gate.set).start()
+        assert await batcher.drain(5) is True
+        assert all(w.done() and not w.exception() for w in work)
+
+    run(test, runners=2)

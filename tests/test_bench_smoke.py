@@ -43,6 +43,8 @@ def test_soak_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     args = ["--minutes", "0.02", "--window", "0.4", "--concurrency", "2", "--max-requests", "30", "--n", "2"]
     assert soak([*args, "--json", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert len(result["windows"]) == 3 and all(w["requests"] > 0 and w["rss_mib"] > 0 for w in result["windows"])
+    assert len(result["windows"]) == 3 and all(
+        w["requests"] > 0 and w["rss_mib"] > 0 for w in result["windows"]
+    )
     assert result["drift"]["errors"] == 0 and result["drift"]["requests"] > 0
     assert "drift" in capsys.readouterr().out

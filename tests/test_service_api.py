@@ -311,6 +311,7 @@ def test_overload_gets_429_with_computed_retry_after(model_dir: Path) -> None:
         max_steps=40,
         max_page_rows=40,
         max_batch_rows=8,
+        runners=1,
         max_wait_ms=0,
     )
 
@@ -342,7 +343,7 @@ def test_overload_gets_429_with_computed_retry_after(model_dir: Path) -> None:
 def test_deadline_gives_504(model_dir: Path) -> None:
     async def scenario() -> list[httpx.Response]:
         app = create_app(
-            Settings(model_dir=model_dir, request_timeout_s=0.1, max_batch_rows=4, max_wait_ms=0)
+            Settings(model_dir=model_dir, request_timeout_s=0.1, max_batch_rows=4, max_wait_ms=0, runners=1)
         )
         transport = httpx.ASGITransport(app=app)
         async with (
@@ -373,7 +374,7 @@ def test_draining_gives_503(model_dir: Path) -> None:
 
 def test_a_request_whose_client_left_is_not_computed(model_dir: Path) -> None:
     async def scenario() -> tuple[float, float, list[dict[str, Any]]]:
-        app = create_app(Settings(model_dir=model_dir, max_batch_rows=4, max_wait_ms=0))
+        app = create_app(Settings(model_dir=model_dir, max_batch_rows=4, max_wait_ms=0, runners=1))
         transport = httpx.ASGITransport(app=app)
         async with (
             app.router.lifespan_context(app),
@@ -423,7 +424,10 @@ FAST_PATH_CASES: list[tuple[str, dict[str, str]]] = [
     ('{"model": "digits", "n": 3, "seed": 5, "labels": "3", "format": "npy"}', {}),
     ('{"model": "digits", "n": 2, "seed": 5, "labels": [1, 9]}', {}),
     ('{"model": "ring", "n": 4, "seed": 2, "format": "json", "truncation": 0.7}', {}),
-    ('{"model": "ring", "n": 4, "seed": 2, "offset": 3}', {"content-type": "application/json; charset=utf-8"}),
+    (
+        '{"model": "ring", "n": 4, "seed": 2, "offset": 3}',
+        {"content-type": "application/json; charset=utf-8"},
+    ),
     ('{"model": "digits", "n": 2, "labels": [1]}', {}),
     ('{"model": "digits", "n": 0}', {}),
     ('{"model": "digits", "offset": false}', {}),
@@ -440,7 +444,9 @@ FAST_PATH_CASES: list[tuple[str, dict[str, str]]] = [
 
 
 @pytest.mark.parametrize(("body", "headers"), FAST_PATH_CASES)
-def test_fast_path_answers_like_the_fastapi_route(model_dir: Path, body: str, headers: dict[str, str]) -> None:
+def test_fast_path_answers_like_the_fastapi_route(
+    model_dir: Path, body: str, headers: dict[str, str]
+) -> None:
     answers = []
     for fast in (True, False):
         with TestClient(create_app(Settings(model_dir=model_dir, max_n=256, fast_path=fast))) as client:
@@ -451,10 +457,14 @@ def test_fast_path_answers_like_the_fastapi_route(model_dir: Path, body: str, he
         rejections = [line for line in metrics.splitlines() if line.startswith("gan_rejections_total{")]
         requests = [line for line in metrics.splitlines() if line.startswith("gan_requests_total{")]
         keep = {k: v for k, v in response.headers.items() if k != "date"}
-        payload = response.json() if response.headers["content-type"] == "application/json" else response.content
+        payload = (
+            response.json() if response.headers["content-type"] == "application/json" else response.content
+        )
         answers.append((response.status_code, keep, payload, rejections, requests))
     fast_answer, route_answer = answers
-    if route_answer[0] == 422 and route_answer[2]["field"] == "body":  # not an object: each parser in its words
+    if (
+        route_answer[0] == 422 and route_answer[2]["field"] == "body"
+    ):  # not an object: each parser in its words
         assert fast_answer[2]["field"] == "body" and fast_answer[2]["detail"].startswith("body: ")
         fast_answer, route_answer = (fast_answer[0], *fast_answer[3:]), (route_answer[0], *route_answer[3:])
     assert fast_answer == route_answer
