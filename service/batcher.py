@@ -118,6 +118,10 @@ class Batcher:
 
     async def submit(self, feeds: Feeds, n: int, timeout_s: float) -> np.ndarray:
         """Queue n rows; returns the (n, ...) output. Cancelling the caller drops the rows not yet computed."""
+        return await self.enqueue(feeds, n, timeout_s)
+
+    def enqueue(self, feeds: Feeds, n: int, timeout_s: float) -> asyncio.Future[np.ndarray]:
+        """Queue n rows now; the future gets the (n, ...) output. Cancelling it drops the rows not yet computed."""
         if self._closed:
             raise Draining("the service is draining")
         if self._queued_rows and self._queued_rows + n > self.max_queue_rows:
@@ -129,7 +133,7 @@ class Batcher:
         self._observer.queue_rows(self._queued_rows)
         self._idle.clear()
         self._wakeup.set()
-        return await future
+        return future
 
     async def _collect(self) -> list[tuple[_Request, int, int]]:
         """Wait for a full batch or the oldest request's wait limit, then take up to max_batch_rows rows."""

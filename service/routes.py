@@ -115,16 +115,17 @@ async def run_model(
 ) -> np.ndarray:
     """Submit to the batcher; if the client disconnects first, cancel so its rows are never computed."""
     assert model.batcher is not None
-    submit = asyncio.ensure_future(model.batcher.submit(feeds, n, state.settings.request_timeout_s))
+    result = model.batcher.enqueue(feeds, n, state.settings.request_timeout_s)
     gone = asyncio.ensure_future(_disconnected(request))
+    gone.add_done_callback(lambda _: result.cancel())  # a no-op once the result is in
     try:
-        done, _ = await asyncio.wait({submit, gone}, return_when=asyncio.FIRST_COMPLETED)
+        x = await result
+    except asyncio.CancelledError:
+        if gone.done() and not gone.cancelled():
+            raise ClientGone() from None
+        raise
     finally:
         gone.cancel()
-    if submit not in done:
-        submit.cancel()
-        raise ClientGone()
-    x = submit.result()
     state.metrics.samples.labels(model.name).inc(n)
     return x
 

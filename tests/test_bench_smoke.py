@@ -9,6 +9,8 @@ import pytest
 
 from bench.load import main
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def test_load_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "load.json"
@@ -48,3 +50,58 @@ def test_soak_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     )
     assert result["drift"]["errors"] == 0 and result["drift"]["requests"] > 0
     assert "drift" in capsys.readouterr().out
+
+
+def test_raw_ort_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.raw_ort import graph_flops
+    from bench.raw_ort import main as raw_ort
+
+    out = tmp_path / "raw.json"
+    args = ["--models", "ring8", "fashion-cgan", "--threads", "1", "--batches", "1", "4", "--seconds", "0.05",
+            "--gemm-size", "128", "--json", str(out)]  # fmt: skip
+    assert raw_ort(args) == 0
+    report = json.loads(out.read_text())
+    assert [m["model"] for m in report["models"]] == ["fashion-cgan", "ring8"]
+    assert report["gemm"]["1"]["peak_gflops"] > 0
+    for model in report["models"]:
+        assert [r["batch"] for r in model["rows"]] == [1, 4]
+        assert all(r["images_per_s"] > 0 and r["share_of_peak"] > 0 for r in model["rows"])
+    assert "MFLOP/image" in capsys.readouterr().out
+    # FLOPs counted from the graph match the architecture: ring8's MLP G is z(32) -> 256 -> 256 -> 256 -> 2.
+    ring = graph_flops(ROOT / "models/ring8/1/model.onnx")
+    assert ring["total"] == 2 * (32 * 256 + 256 * 256 + 256 * 256 + 256 * 2)
+
+
+def test_serve_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.report import main as report
+    from bench.serve import main as serve
+
+    out = tmp_path / "serve.json"
+    args = ["--concurrency", "1", "2", "--ns", "1", "--formats", "npy", "--duration", "0.3",
+            "--max-requests", "40", "--raw-seconds", "0.05", "--json", str(out), "--plots", str(tmp_path)]  # fmt: skip
+    assert serve(args) == 0
+    result = json.loads(out.read_text())
+    servers = {p["server"] for p in result["points"]}
+    assert servers == {"service", "service, no batching", "naive FastAPI + ORT", "bare ASGI (HTTP only)"}
+    assert all(p["errors"] == 0 and p["images_per_s"] > 0 for p in result["points"])
+    service = [p for p in result["points"] if p["server"] == "service"]
+    assert all(p["ratio_to_raw"] > 0 and p["mean_batch_rows"] >= 1 for p in service)
+    assert result["low_load"]["ort_ms"] > 0 and len(result["gains"]) == 2
+    assert (tmp_path / "throughput-vs-concurrency.png").stat().st_size > 1000
+    assert (tmp_path / "latency-distribution.png").stat().st_size > 1000
+    capsys.readouterr()
+    assert report(["--serve", str(out)]) == 0
+    assert "| service |" in capsys.readouterr().out
+
+
+def test_train_throughput_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.train_throughput import main as train
+
+    out = tmp_path / "train.json"
+    assert (
+        train(["--presets", "toy2d", "--steps", "4", "--warmup", "2", "--threads", "1", "--json", str(out)])
+        == 0
+    )
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["preset"] == "toy2d" and min(row["plain_fp32"], row["ours_fp32"], row["ours_auto"]) > 0
+    assert "speed-up" in capsys.readouterr().out

@@ -443,3 +443,22 @@ def test_a_real_prometheus_scrapes_the_service_with_the_repository_config() -> N
         finally:
             process.terminate()
             process.wait(timeout=30)
+
+
+def test_every_setting_is_documented_with_its_default() -> None:
+    """docs/DEPLOY.md's table lists every GAN_* setting the service reads, with the default it really has."""
+    table = {}
+    for line in (ROOT / "docs/DEPLOY.md").read_text().splitlines():
+        match = re.match(r"\| `(GAN_[A-Z_]+)` \| (.+?) \|", line)
+        if match:
+            table[match.group(1)] = match.group(2)
+    fields = Settings.model_fields
+    assert set(table) == {f"GAN_{name.upper()}" for name in fields}
+    for name, field in fields.items():
+        default = field.default
+        if isinstance(default, (int, float, str, bool)) and name not in ("model_dir",):
+            shown = {str(default).lower() if isinstance(default, bool) else str(default)}
+            if isinstance(default, float) and default.is_integer():
+                shown.add(str(int(default)))
+            cell = table[f"GAN_{name.upper()}"]
+            assert any(f"`{s}`" in cell for s in shown), (name, default, cell)

@@ -72,7 +72,7 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         saved = args.run_dir / "config.json"
         if not saved.is_file():
             raise ResumeError(f"{saved}: not found; is {args.run_dir} a run directory?")
-        return dataclasses.replace(TrainConfig(**json.loads(saved.read_text())), **overrides)
+        return dataclasses.replace(TrainConfig.from_saved(json.loads(saved.read_text())), **overrides)
     if args.preset is None:
         raise ValueError("--preset is required (or --resume an existing --run-dir)")
     return preset_config(args.preset, **overrides)

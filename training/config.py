@@ -14,6 +14,7 @@ Arch = Literal["mlp", "dcgan"]
 LossName = Literal["minimax", "nonsaturating", "wgan-gp", "hinge", "lsgan"]
 DNorm = Literal["batch", "layer", "none"]
 Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "fp32", "bf16"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,9 @@ class TrainConfig:
     checkpoint_every: int = 1000
     device: Device = "auto"
     num_threads: int | None = None  # CPU threads; None = the cores this process may use
+    # bf16 autocast (weights and optimizer state stay fp32). auto: bf16 on CUDA with bf16, and for the DCGAN
+    # networks on CPUs that multiply bf16 natively (AMX or AVX512-BF16); fp32 elsewhere.
+    precision: Precision = "auto"
 
     def __post_init__(self) -> None:
         positive = ("z_dim", "g_width", "d_width", "mlp_layers", "batch_size", "n_critic", "log_every")
@@ -69,6 +73,14 @@ class TrainConfig:
             raise ValueError(f"r1_gamma must be >= 0, got {self.r1_gamma}")
         if self.channels not in (None, 1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+
+    @classmethod
+    def from_saved(cls, saved: dict[str, Any]) -> TrainConfig:
+        """A config.json as written by any version: runs from before `precision` existed trained in fp32
+        on the CPU (bf16 on CUDA), which is what `auto` does on a CPU without native bf16."""
+        if "precision" not in saved and saved.get("device") != "cuda":
+            saved = saved | {"precision": "fp32"}
+        return cls(**saved)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
