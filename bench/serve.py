@@ -36,6 +36,11 @@ from service.settings import BUNDLED_MODELS, Settings
 
 SERVERS: dict[str, dict[str, Any]] = {
     "service": {"env": {}},
+    # the tuning levers that are settings, turned back to where they started (one runner, every request
+    # through FastAPI's routing, every batch on a worker thread)
+    "service, untuned settings": {
+        "env": {"GAN_RUNNERS": "1", "GAN_FAST_PATH": "false", "GAN_INLINE_ROWS": "0"}
+    },
     "service, no batching": {"env": {"GAN_MAX_BATCH_ROWS": "1"}},
     "naive FastAPI + ORT": {"module": ["bench.naive", "--model", "{model}"]},
     "bare ASGI (HTTP only)": {"module": ["bench.bare"]},
@@ -162,11 +167,15 @@ def gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         off = index.get(("service, no batching", fmt, n, c))
         naive = index.get(("naive FastAPI + ORT", fmt, n, c))
+        untuned = index.get(("service, untuned settings", fmt, n, c))
         out.append(
             {
                 "format": fmt, "n": n, "concurrency": c,
                 "batching_gain": round(r["images_per_s"] / off["images_per_s"], 2) if off else None,
                 "vs_naive": round(r["images_per_s"] / naive["images_per_s"], 2) if naive else None,
+                "vs_untuned": round(r["images_per_s"] / untuned["images_per_s"], 2) if untuned else None,
+                "p50_ms": r["p50_ms"],
+                "untuned_p50_ms": untuned["p50_ms"] if untuned else None,
             }
         )  # fmt: skip
     return out
@@ -266,10 +275,20 @@ def main(argv: list[str] | None = None) -> int:
     extra_env = {"GAN_MAX_QUEUE_ROWS": "16384"} | dict(item.split("=", 1) for item in args.env)
     versions = sorted((args.model_dir / args.model).iterdir(), key=lambda p: int(p.name))
     version_dir = versions[-1]
-    setting = {**os.environ, **extra_env}
-    runners = int(setting.get("GAN_RUNNERS", str(Settings.model_fields["runners"].default)))
-    threads = intra_op_threads(int(setting.get("GAN_INTRA_OP_THREADS", "0")), runners)  # as the service does
-    raw = RawOrt(version_dir, threads, runners, args.raw_seconds)
+    references: dict[tuple[int, int], RawOrt] = {}
+
+    def reference(env: dict[str, str]) -> RawOrt:
+        """Raw ORT with the runners and threads the service will use under these settings."""
+        setting = {**os.environ, **env}
+        runners = int(setting.get("GAN_RUNNERS", str(Settings.model_fields["runners"].default)))
+        threads = intra_op_threads(
+            int(setting.get("GAN_INTRA_OP_THREADS", "0")), runners
+        )  # as the service does
+        if (threads, runners) not in references:
+            references[threads, runners] = RawOrt(version_dir, threads, runners, args.raw_seconds)
+        return references[threads, runners]
+
+    raw = reference(extra_env)
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     for name in args.servers:
@@ -279,17 +298,18 @@ def main(argv: list[str] | None = None) -> int:
         if module and "--model" in module:
             module += ["--model-dir", str(args.model_dir)]
         with running_service(env, module=module) as (url, process):
-            rows += sweep(name, url, process.pid, args.model, args, raw if module is None else None)
+            rows += sweep(
+                name, url, process.pid, args.model, args, reference(env) if module is None else None
+            )
     summary = gains(rows)
     tax = low_load_tax(rows, raw)
     if tax:
         print(f"\nlow load (1 client, n=1, npy): service p50 {tax['service_p50_ms']} ms; bare HTTP p50 "
               f"{tax['http_p50_ms']} ms + direct ORT call {tax['ort_ms']} ms -> tax {tax['tax_ms']} ms")  # fmt: skip
-    print(f"\n{'format':>6} {'n':>4} {'clients':>7} {'batching gain':>14} {'vs naive':>9}")
+    print(f"\n{'format':>6} {'n':>4} {'clients':>7} {'batching gain':>14} {'vs naive':>9} {'vs untuned':>11}")
     for g in summary:
-        print(
-            f"{g['format']:>6} {g['n']:>4} {g['concurrency']:>7} {g['batching_gain']!s:>14} {g['vs_naive']!s:>9}"
-        )
+        print(f"{g['format']:>6} {g['n']:>4} {g['concurrency']:>7} {g['batching_gain']!s:>14} {g['vs_naive']!s:>9} "
+              f"{g['vs_untuned']!s:>11}")  # fmt: skip
     print(f"sweep took {time.perf_counter() - started:.0f} s")
     if args.plots:
         for path in plots(rows, args.plots, args.model):
@@ -298,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             r.pop("latencies_ms", None)
         report = {"machine": machine(), "model": args.model, "version": int(version_dir.name),
-                  "raw_threads": threads, "runners": runners, "env": extra_env, "points": rows,
+                  "references": [{"threads": t, "runners": r} for t, r in references], "env": extra_env, "points": rows,
                   "gains": summary, "low_load": tax}  # fmt: skip
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0

@@ -87,6 +87,7 @@ class Batcher:
         observer: BatchObserver | None = None,
         name: str = "model",
         runners: int = 1,
+        inline_rows: int = 0,
     ) -> None:
         self._infer = infer
         self.max_batch_rows, self.max_wait_s, self.max_queue_rows = max_batch_rows, max_wait_s, max_queue_rows
@@ -96,7 +97,7 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self.runners = runners
+        self.runners, self.inline_rows = runners, inline_rows
         self._slots = asyncio.Semaphore(runners)
         self._executor = ThreadPoolExecutor(runners, thread_name_prefix=f"infer-{name}")
         self._worker: asyncio.Task[None] | None = None
@@ -198,7 +199,12 @@ class Batcher:
             rows = sum(b - a for _, a, b in chunks)
             started = time.perf_counter()
             try:
-                out = await loop.run_in_executor(self._executor, self._infer, feeds)
+                if rows <= self.inline_rows and len(self._inflight) == 1 and not self._queue:
+                    # Idle service, tiny batch: computing it here saves two thread hand-offs (~0.1 ms of a
+                    # 1 ms request); nothing else is waiting for the loop meanwhile.
+                    out = self._infer(feeds)
+                else:
+                    out = await loop.run_in_executor(self._executor, self._infer, feeds)
                 if len(out) != rows:
                     raise BatchFailed(f"model returned {len(out)} rows for a batch of {rows}")
             except Exception as error:  # every request in the failed batch gets the error

@@ -176,6 +176,7 @@ class Repository:
                         observer=ModelObserver(self.metrics, model.name),
                         name=model.key,
                         runners=self.settings.runners,
+                        inline_rows=self.settings.inline_rows,
                     )
                     model.batcher.start()
                 sha = model.manifest.onnx_sha256 if model.manifest else ""

@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     runners: int = Field(
         2, ge=1, le=64, description="batches computed at once per model version, each on its own thread"
     )
+    inline_rows: int = Field(
+        1,
+        ge=0,
+        le=64,
+        description="a batch of at most this many rows, with nothing else queued or computing, runs on the event loop (0: never)",
+    )
     intra_op_threads: int = Field(
         0, ge=0, le=256, description="ONNX Runtime threads per run (0 = the available CPUs / GAN_RUNNERS)"
     )

@@ -244,3 +244,28 @@ def test_drain_waits_for_every_batch_in_flight() -> None:
         assert all(w.done() and not w.exception() for w in work)
 
     run(test, runners=2)
+
+
+def test_a_tiny_batch_on_an_idle_batcher_runs_on_the_event_loop() -> None:
+    """inline_rows: an idle batcher computes a 1-row batch in the loop's thread; bigger or busy ones go to a runner."""
+    threads: list[tuple[int, str]] = []
+
+    def infer(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        threads.append((len(feeds["z"]), threading.current_thread().name))
+        return feeds["z"] * 2
+
+    async def main() -> None:
+        batcher = Batcher(
+            infer, max_batch_rows=4, max_wait_s=0.0, max_queue_rows=100, runners=2, inline_rows=1
+        )
+        batcher.start()
+        try:
+            await batcher.submit(rows(0, 1), 1, 5)  # idle, 1 row: inline
+            await batcher.submit(rows(0, 3), 3, 5)  # 3 rows: a runner
+        finally:
+            await batcher.close()
+
+    asyncio.run(main())
+    loop_thread = threading.main_thread().name
+    assert threads[0] == (1, loop_thread)
+    assert threads[1][0] == 3 and threads[1][1] != loop_thread

@@ -82,7 +82,8 @@ def test_serve_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert serve(args) == 0
     result = json.loads(out.read_text())
     servers = {p["server"] for p in result["points"]}
-    assert servers == {"service", "service, no batching", "naive FastAPI + ORT", "bare ASGI (HTTP only)"}
+    assert servers == {"service", "service, untuned settings", "service, no batching", "naive FastAPI + ORT",
+                       "bare ASGI (HTTP only)"}  # fmt: skip
     assert all(p["errors"] == 0 and p["images_per_s"] > 0 for p in result["points"])
     service = [p for p in result["points"] if p["server"] == "service"]
     assert all(p["ratio_to_raw"] > 0 and p["mean_batch_rows"] >= 1 for p in service)
