@@ -193,17 +193,21 @@ def low_load_tax(rows: list[dict[str, Any]], raw: RawOrt) -> dict[str, float] | 
 
 
 def plots(rows: list[dict[str, Any]], directory: Path, model: str) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    return [throughput_plot(rows, directory, model), latency_plot(rows, directory, model)]
+
+
+def throughput_plot(rows: list[dict[str, Any]], directory: Path, model: str) -> Path:
+    """images/s against clients per server (the bare ASGI app is left out: it generates nothing)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
     combos = sorted({(r["format"], r["n"]) for r in rows})
     fig, axes = plt.subplots(1, len(combos), figsize=(4.5 * len(combos), 4), squeeze=False)
     for ax, (fmt, n) in zip(axes[0], combos, strict=True):
-        for server in SERVERS:
+        for server in [s for s in SERVERS if not s.startswith("bare")]:
             points = sorted(
                 (r["concurrency"], r["images_per_s"])
                 for r in rows
@@ -228,7 +232,15 @@ def plots(rows: list[dict[str, Any]], directory: Path, model: str) -> list[Path]
     path = directory / "throughput-vs-concurrency.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    written.append(path)
+    return path
+
+
+def latency_plot(rows: list[dict[str, Any]], directory: Path, model: str) -> Path:
+    """Latency CDFs at n=1 for 1 and 32 clients, every server (the bare ASGI app is the HTTP floor)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in rows:
@@ -248,8 +260,7 @@ def plots(rows: list[dict[str, Any]], directory: Path, model: str) -> list[Path]
     path = directory / "latency-distribution.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    written.append(path)
-    return written
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,7 +281,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plots", type=Path, help="write the PNG plots into this folder")
+    parser.add_argument(
+        "--replot", type=Path, help="only redraw the throughput plot from a JSON of an earlier run"
+    )
     args = parser.parse_args(argv)
+    if args.replot:
+        report = json.loads(args.replot.read_text())
+        print(f"wrote {throughput_plot(report['points'], args.plots or args.replot.parent, report['model'])}")
+        return 0
     # 128 clients x 64 rows must fit in the queue, or the sweep measures 429s instead of throughput.
     extra_env = {"GAN_MAX_QUEUE_ROWS": "16384"} | dict(item.split("=", 1) for item in args.env)
     versions = sorted((args.model_dir / args.model).iterdir(), key=lambda p: int(p.name))
