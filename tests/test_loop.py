@@ -129,11 +129,16 @@ def test_epochs_become_steps(tmp_path: Path, small_npz: str) -> None:
 
 
 def test_stop_request_defers_the_signal() -> None:
-    with StopRequest() as stop:
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.05)
-        assert stop.requested  # no KeyboardInterrupt was raised mid-step
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # Whatever handler was there before is put back (a background job starts with SIGINT ignored).
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with StopRequest() as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            assert stop.requested  # no KeyboardInterrupt was raised mid-step
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_ctrl_c_writes_a_checkpoint_and_resume_continues(tmp_path: Path) -> None:
