@@ -48,10 +48,10 @@ def validation_error_response(errors: Sequence[Any]) -> JSONResponse:
     """422 naming the first failing field, with every problem in the detail."""
     parts, first = [], None
     for item in errors:
-        loc = [str(p) for p in item["loc"] if p != "body" and str(p) not in _TYPE_NAMES]
-        name = (
-            "body" if item["type"] == "json_invalid" else ".".join(loc) or "body"
-        )  # FastAPI puts an offset in loc
+        # Malformed JSON is the body's fault; FastAPI puts a character offset in its loc.
+        json_error = item["type"] == "json_invalid"
+        loc = [str(p) for p in item["loc"] if p != "body" and str(p) not in _TYPE_NAMES and not json_error]
+        name = ".".join(loc) or "body"
         first = first or name
         message = item["msg"].removeprefix("Value error, ")
         parts.append(f"{name}: {message}")

@@ -67,3 +67,23 @@ def test_invalid_configs(overrides: dict[str, object], message: str) -> None:
 def test_unknown_preset() -> None:
     with pytest.raises(ValueError, match="unknown preset 'stylegan'"):
         preset_config("stylegan")
+
+
+def test_precision_defaults_and_old_configs() -> None:
+    import torch
+
+    from training.loop import use_bf16
+
+    cpu = torch.device("cpu")
+    assert preset_config("dcgan").precision == "auto"
+    assert use_bf16("bf16", cpu, "mlp") and not use_bf16("fp32", cpu, "dcgan")
+    assert not use_bf16("auto", cpu, "mlp")  # MLPs lose to the casts on a CPU
+    native = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    assert use_bf16("auto", cpu, "dcgan") is bool(native)
+    # A config.json written before `precision` existed resumes as the fp32 run it was.
+    old = preset_config("cgan").to_dict()
+    del old["precision"]
+    assert TrainConfig.from_saved(old).precision == "fp32"
+    assert TrainConfig.from_saved(old | {"precision": "bf16"}).precision == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        parse_overrides(["precision=fp16"])
