@@ -136,3 +136,36 @@ def test_export_of_a_missing_run(tmp_path: Path, capsys: pytest.CaptureFixture[s
     )
     assert "no checkpoint found" in capsys.readouterr().err
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_a_mixture_generator_exports_with_parity_and_keeps_the_latent_contract(tmp_path: Path) -> None:
+    """g_mixture: the component is picked inside the graph from z[0]; the ONNX contract is unchanged."""
+    from tests.conftest import tiny_config
+    from training.loop import train
+
+    run_dir = tmp_path / "run"
+    train(tiny_config("toy2d", data="ring8", steps=3, g_mixture=4, pack=1), run_dir, progress=False)
+    version = export(run_dir, tmp_path / "models", "ring-mix")  # parity at 1, 7 and 64 rows checked inside
+    manifest = load_manifest(version / "manifest.json")
+    assert manifest.input_names == ["z"] and manifest.z_dim == 8 and manifest.output_shape == [2]
+    session = _session(version / "model.onnx")
+    G, _ = load_generator(run_dir)
+    z = np.random.default_rng(3).standard_normal((300, 8)).astype(np.float32)
+    (x,) = session.run(["x"], {"z": z})
+    with torch.no_grad():
+        expected = G(torch.from_numpy(z)).numpy()
+    np.testing.assert_allclose(x, expected, atol=1e-5)
+    (alone,) = session.run(["x"], {"z": z[5:6]})
+    np.testing.assert_allclose(alone[0], x[5], atol=1e-6)  # a sample does not depend on its batch
+    # The components split N(0, 1) in z[0] at its quartiles: each serves a quarter of the samples.
+    edges = next(b for name, b in G.named_buffers() if name.endswith("edges")).numpy()
+    np.testing.assert_allclose(edges, [-0.6744898, 0.0, 0.6744898], atol=1e-6)
+
+
+def test_g_mixture_is_refused_where_it_does_not_apply() -> None:
+    from training.config import preset_config
+
+    with pytest.raises(ValueError, match="g_mixture"):
+        preset_config("cgan", g_mixture=4)
+    with pytest.raises(ValueError, match="g_mixture"):
+        preset_config("toy2d", g_mixture=0)

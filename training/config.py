@@ -40,6 +40,7 @@ class TrainConfig:
     gp_lambda: float = 10.0
     r1_gamma: float = 0.0  # R1 penalty γ/2·E||∇D(x_real)||² (Mescheder et al. 2018); 0 disables
     pack: int = 1  # PacGAN: D judges `pack` samples at once (MLP discriminators)
+    g_mixture: int = 1  # MGAN: K MLP sub-generators, one chosen per sample from z[0] (unconditional MLPs)
     ema_decay: float = 0.999  # 0 disables the EMA copy of G
     seed: int = 0
     data_dir: str | None = None
@@ -69,6 +70,10 @@ class TrainConfig:
             raise ValueError(f"pack must be >= 1 and divide batch_size {self.batch_size}, got {self.pack}")
         if self.pack > 1 and (self.arch != "mlp" or self.conditional):
             raise ValueError("pack > 1 needs an unconditional MLP discriminator (arch 'mlp')")
+        if self.g_mixture < 1 or (self.g_mixture > 1 and (self.arch != "mlp" or self.conditional)):
+            raise ValueError(
+                f"g_mixture must be >= 1, and > 1 only for unconditional MLPs; got {self.g_mixture}"
+            )
         if self.r1_gamma < 0:
             raise ValueError(f"r1_gamma must be >= 0, got {self.r1_gamma}")
         if self.channels not in (None, 1, 3):

@@ -123,6 +123,7 @@ def net_spec_for(cfg: TrainConfig, data: DataSpec) -> NetSpec:
         spectral_norm=cfg.spectral_norm,
         d_norm=cfg.d_norm,
         pack=cfg.pack,
+        g_mixture=cfg.g_mixture,
     )
 
 

@@ -6,10 +6,12 @@ D uses the projection discriminator (Miyato & Koyama 2018): logit = ψ(h) + <emb
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
@@ -31,6 +33,7 @@ class NetSpec:
     spectral_norm: bool = False
     d_norm: str = "batch"  # "batch" | "layer" | "none"
     pack: int = 1  # PacGAN: the MLP discriminator sees `pack` samples concatenated
+    g_mixture: int = 1  # MLP G as K sub-generators, one picked per sample from z[0] (MGAN-style)
 
 
 def _sn(module: nn.Module, enabled: bool) -> nn.Module:
@@ -74,6 +77,46 @@ class MLPGenerator(nn.Module):
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         h = z if c is None else torch.cat([z, c], 1)  # (N, z_dim + num_classes)
         return self.net(h).view(-1, *self.spec.out_shape)
+
+
+class MixtureMLPGenerator(nn.Module):
+    """K MLP generators in one module (Hoang et al., MGAN, ICLR 2018); sample i uses generator k(z_i).
+
+    k is read off the first latent coordinate through the standard normal's K-quantiles, so each generator
+    gets 1/K of N(0, I) and the latent stays exactly N(0, I): the service's contract does not change. The
+    other coordinates drive the chosen generator. A continuous generator must put mass between disconnected
+    modes; K generators, each free to cover one mode, need not. All K run on every sample (one batched
+    matmul per layer) and the chosen output is gathered: a graph ONNX exports as MatMul and GatherElements.
+    """
+
+    def __init__(self, spec: NetSpec) -> None:
+        super().__init__()
+        if spec.num_classes:
+            raise ValueError("g_mixture > 1 is for unconditional MLP generators")
+        self.spec, k = spec, spec.g_mixture
+        normal = torch.distributions.Normal(0.0, 1.0)
+        self.register_buffer("edges", normal.icdf(torch.arange(1, k, dtype=torch.float64) / k).float())
+        dims = [spec.z_dim - 1] + [spec.g_width] * spec.mlp_layers + [math.prod(spec.out_shape)]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for fan_in, fan_out in itertools.pairwise(dims):
+            bound = 1 / math.sqrt(fan_in)  # nn.Linear's default initialisation, per generator
+            self.weights.append(nn.Parameter(torch.empty(k, fan_in, fan_out).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(k, 1, fan_out).uniform_(-bound, bound)))
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        which = (z[:, :1] > self.edges).sum(1)  # (N,): the generator of each sample
+        h = z[:, 1:].unsqueeze(0).expand(self.spec.g_mixture, -1, -1)  # (K, N, z_dim - 1)
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            h = torch.matmul(h, w) + b  # (K, N, width)
+            if i < last:
+                h = F.leaky_relu(h, 0.2)
+        index = which.view(1, -1, 1).expand(1, -1, h.shape[2])
+        out = torch.gather(h, 0, index).squeeze(0)  # (N, prod(out_shape))
+        if self.spec.kind == "image":
+            out = torch.tanh(out)
+        return out.view(-1, *self.spec.out_shape)
 
 
 class DCGANGenerator(nn.Module):
@@ -173,7 +216,7 @@ class DCGANDiscriminator(nn.Module):
 
 def build_networks(spec: NetSpec) -> tuple[nn.Module, nn.Module]:
     if spec.arch == "mlp":
-        return MLPGenerator(spec), MLPDiscriminator(spec)
+        return build_generator(spec), MLPDiscriminator(spec)
     if spec.arch == "dcgan":
         if spec.kind != "image" or len(spec.out_shape) != 3 or spec.out_shape[1] != spec.out_shape[2]:
             raise ValueError(f"DCGAN needs square images (C, S, S), got {spec.kind} {spec.out_shape}")
@@ -182,4 +225,6 @@ def build_networks(spec: NetSpec) -> tuple[nn.Module, nn.Module]:
 
 
 def build_generator(spec: NetSpec) -> nn.Module:
-    return MLPGenerator(spec) if spec.arch == "mlp" else DCGANGenerator(spec)
+    if spec.arch == "mlp":
+        return MixtureMLPGenerator(spec) if spec.g_mixture > 1 else MLPGenerator(spec)
+    return DCGANGenerator(spec)
