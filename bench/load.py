@@ -29,15 +29,20 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 @contextmanager
 def running_service(
     env: dict[str, str] | None = None, stderr: int | None = None, module: list[str] | None = None
 ) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """`python -m service` (or `python -m MODULE... --port PORT`) on a free 127.0.0.1 port until the block
     ends: yields (url, process)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     full_env = (
         os.environ
         | {"GAN_HOST": "127.0.0.1", "GAN_PORT": str(port), "GAN_LOG_LEVEL": "warning"}

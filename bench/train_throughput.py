@@ -40,11 +40,11 @@ def plain_loop(preset: str, steps: int, warmup: int, threads: int) -> dict[str, 
     source = make_source(cfg.data, cfg.data_dir, seed=cfg.seed)
     spec = net_spec_for(cfg, source.spec)
     netG, netD = build_networks(spec)
+    if cfg.loss == "wgan-gp":
+        return plain_wgan_gp(cfg, source, spec, netG, netD, steps, warmup)
     optD = torch.optim.Adam(netD.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
     optG = torch.optim.Adam(netG.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
     batch = cfg.batch_size
-    if cfg.loss == "wgan-gp":
-        return plain_wgan_gp(cfg, source, spec, netG, netD, steps, warmup)
     started = 0.0
     for step in range(warmup + steps):
         if step == warmup:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
-from bench.load import running_service
+from bench.load import free_port, running_service
 from service.main import create_app
 from service.seed_models import seed
 from service.settings import Settings
@@ -386,12 +385,6 @@ def test_grafana_dashboard_queries_only_metrics_the_service_exports() -> None:
     titles = " ".join(p["title"] for p in dashboard["panels"]).lower()
     for needed in ("images/s", "requests/s", "p99", "batch", "queue", "rejections", "provider"):
         assert needed in titles
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def query(prometheus: str, expr: str) -> float | None:
