@@ -169,3 +169,27 @@ def test_g_mixture_is_refused_where_it_does_not_apply() -> None:
         preset_config("cgan", g_mixture=4)
     with pytest.raises(ValueError, match="g_mixture"):
         preset_config("toy2d", g_mixture=0)
+
+
+def test_affine_sub_generators_export_and_start_as_near_points(tmp_path: Path) -> None:
+    """g_layers=0: each sub-generator is mu_k + A_k z[1:], a Gaussian; it starts far narrower than its spread
+    of centres, so that the discriminator moves it as a whole. The graph exports with parity."""
+    from tests.conftest import tiny_config
+    from training.loop import train
+
+    run_dir = tmp_path / "run"
+    cfg = tiny_config("toy2d", data="ring8", steps=0, g_mixture=8, g_layers=0, pack=1)
+    train(cfg, run_dir, progress=False)
+    G, _ = load_generator(run_dir)
+    weights = [p for name, p in G.named_parameters() if name.endswith("weights.0")]
+    assert len(weights) == 1 and weights[0].shape == (8, 7, 2)  # (K, z_dim - 1, 2): no hidden layer
+    z = torch.randn(4000, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        x = G(z).numpy()
+    which = G.G.component(z).numpy()
+    spread = np.mean([x[which == k].std(0).mean() for k in range(8)])
+    centres = np.stack([x[which == k].mean(0) for k in range(8)])
+    assert spread < 0.1 * centres.std(0).mean()
+    version = export(run_dir, tmp_path / "models", "ring-affine")  # parity checked inside
+    (out,) = _session(version / "model.onnx").run(["x"], {"z": z[:64].numpy()})
+    np.testing.assert_allclose(out, x[:64], atol=1e-5)

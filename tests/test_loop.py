@@ -69,12 +69,14 @@ RESUME_CASES = {
     "wgan-gp": dict(data="npz"),  # n_critic = 5 and the random interpolation of the gradient penalty
     "mlp": dict(data="npz"),  # minimax, no EMA
     "toy2d": dict(data="ring8", pack=2, r1_gamma=0.1),  # on-the-fly sampling, packing, R1
+    # MGAN: affine sub-generators and the classifier, whose weights and optimiser must resume too
+    "toy2d/mgan": dict(data="ring8", g_mixture=4, g_layers=0, mixture_beta=1.0),
 }
 
 
-@pytest.mark.parametrize("preset", sorted(RESUME_CASES))
-def test_resume_is_exact(preset: str, tmp_path: Path, small_npz: str) -> None:
-    overrides = dict(RESUME_CASES[preset])
+@pytest.mark.parametrize("case", sorted(RESUME_CASES))
+def test_resume_is_exact(case: str, tmp_path: Path, small_npz: str) -> None:
+    preset, overrides = case.split("/")[0], dict(RESUME_CASES[case])
     if overrides["data"] == "npz":
         overrides["data_dir"] = small_npz
     cfg = tiny_config(preset, **overrides, steps=6)
@@ -84,10 +86,12 @@ def test_resume_is_exact(preset: str, tmp_path: Path, small_npz: str) -> None:
     straight = load_checkpoint(tmp_path / "straight" / CHECKPOINT)
     split = load_checkpoint(tmp_path / "split" / CHECKPOINT)
     assert straight["step"] == split["step"] == 6
-    for key in ("G", "D", "G_ema", "opt_g", "opt_d", "rng"):
+    for key in ("G", "D", "G_ema", "opt_g", "opt_d", "C", "opt_c", "rng"):
         _assert_same(straight[key], split[key], key)
+    assert (straight["C"] is not None) == ("mixture_beta" in overrides)
     # The same networks without the resume in between really are different from an untrained one.
-    assert not torch.equal(next(iter(straight["G"].values())), next(iter(_fresh_g(cfg, tmp_path).values())))
+    fresh = _fresh_g(cfg, tmp_path)
+    assert not all(torch.equal(straight["G"][key], fresh[key]) for key in fresh)
 
 
 def _fresh_g(cfg: TrainConfig, tmp_path: Path) -> dict[str, torch.Tensor]:
@@ -101,9 +105,34 @@ def test_existing_checkpoint_needs_resume(vector_run: Path) -> None:
 
 
 def test_resume_refuses_a_changed_config(vector_run: Path) -> None:
-    cfg = tiny_config("toy2d", data="ring8", steps=5, lr_g=0.5)
-    with pytest.raises(ResumeError, match=r"different config: lr_g \(0.001 -> 0.5\)"):
+    cfg = tiny_config("toy2d", data="ring8", steps=5, beta2=0.5)
+    with pytest.raises(ResumeError, match=r"different config: beta2 \(0.999 -> 0.5\)"):
         train(cfg, vector_run, resume=True, progress=False)
+
+
+def test_resume_may_change_the_r1_weight_and_records_it(tmp_path: Path) -> None:
+    cfg = tiny_config("toy2d", data="ring8", steps=2, r1_gamma=0.1)
+    train(cfg, tmp_path, progress=False, command="first")
+    train(
+        dataclasses.replace(cfg, steps=4, r1_gamma=0.001),
+        tmp_path,
+        resume=True,
+        progress=False,
+        command="second",
+    )
+    state = load_checkpoint(tmp_path / CHECKPOINT)
+    assert state["step"] == 4 and state["config"]["r1_gamma"] == 0.001
+    assert state["train_command"] == "first && second"
+
+
+def test_resume_may_lower_the_learning_rates(tmp_path: Path) -> None:
+    """The optimisers' saved state carries the old rates: the new ones must win, the classifier's included."""
+    cfg = tiny_config("toy2d", data="ring8", steps=2, g_mixture=4, g_layers=0, mixture_beta=1.0)
+    train(cfg, tmp_path, progress=False)
+    train(dataclasses.replace(cfg, steps=3, lr_g=1e-5, lr_d=3e-6), tmp_path, resume=True, progress=False)
+    state = load_checkpoint(tmp_path / CHECKPOINT)
+    rates = [[group["lr"] for group in state[key]["param_groups"]] for key in ("opt_g", "opt_d", "opt_c")]
+    assert rates == [[1e-5], [3e-6], [3e-6]]
 
 
 def test_resume_needs_a_checkpoint(tmp_path: Path) -> None:
@@ -170,3 +199,29 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_continues(tmp_path: Path) -> None
     ]
     assert main(more) == 0
     assert load_checkpoint(run_dir / CHECKPOINT)["step"] == state["step"] + 2
+
+
+def test_the_mgan_term_reaches_the_generator_only(tmp_path: Path) -> None:
+    """mixture_beta adds β × the classifier's cross-entropy to G's loss: after one step from the same seed,
+    D (updated before G) is identical, G is not, and the classifier has learnt something."""
+    base = tiny_config("toy2d", data="ring8", steps=1, g_mixture=4, g_layers=0, pack=1)
+    train(base, tmp_path / "plain", progress=False)
+    train(dataclasses.replace(base, mixture_beta=1.0), tmp_path / "mgan", progress=False)
+    plain, mgan = (load_checkpoint(tmp_path / name / CHECKPOINT) for name in ("plain", "mgan"))
+    _assert_same(plain["D"], mgan["D"], "D")
+    assert not all(torch.equal(plain["G"][k], mgan["G"][k]) for k in plain["G"])
+    assert plain["C"] is None and mgan["C"] is not None and mgan["opt_c"]["state"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(mixture_beta=1.0), "mixture_beta"),  # no mixture to classify
+        (dict(g_mixture=4, mixture_beta=-1.0), "mixture_beta"),
+        (dict(g_layers=-1), "g_layers"),
+        (dict(arch="dcgan", data="digits", g_layers=1), "g_layers"),  # DCGAN G has no such knob
+    ],
+)
+def test_mixture_options_are_checked(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        tiny_config("toy2d", **{"data": "ring8", **overrides})

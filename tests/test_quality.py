@@ -7,6 +7,7 @@ import pytest
 
 from training.data import grid25_means, ring8_means
 from training.quality import (
+    PERFECT_SPREAD,
     density_coverage,
     frechet_distance,
     kid,
@@ -35,6 +36,16 @@ def test_a_perfect_sampler_scores_the_reference_values(means, sigma: float, k: i
     hq = np.mean([r.high_quality for r in runs])
     assert abs(hq - 100 * (1 - math.exp(-4.5))) < 0.3  # P(χ²₂ <= 9) = 98.89 %
     assert np.mean([r.reverse_kl for r in runs]) == pytest.approx(rkl_floor, rel=0.5)
+    assert np.mean([r.spread for r in runs]) == pytest.approx(PERFECT_SPREAD, abs=0.01)
+    assert pytest.approx(0.9494, abs=1e-4) == PERFECT_SPREAD
+
+
+def test_spread_sees_modes_sharper_than_the_data() -> None:
+    """Every mode hit but each one a tenth as wide: % HQ and reverse KL look perfect, the spread does not."""
+    means = grid25_means().numpy()
+    sharp = mixture_scores(true_mixture(means, 0.005, 2500, 0), means, 0.05)
+    assert sharp.modes == 25 and sharp.high_quality == 100.0 and sharp.reverse_kl < 0.01
+    assert sharp.spread == pytest.approx(0.01, rel=0.1)  # (σ'/σ)² = 0.01
 
 
 def test_a_collapsed_sampler_has_one_mode() -> None:

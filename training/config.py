@@ -28,6 +28,7 @@ class TrainConfig:
     g_width: int = 64  # MLP: hidden units; DCGAN: ngf (channels of the last hidden layer)
     d_width: int = 64  # MLP: hidden units; DCGAN: ndf (channels of the first layer)
     mlp_layers: int = 2  # hidden layers in each MLP network
+    g_layers: int | None = None  # hidden layers in the MLP G when it differs (0: affine sub-generators)
     spectral_norm: bool = False  # on every discriminator layer
     d_norm: DNorm = "batch"  # normalisation inside D (WGAN-GP needs a per-sample one: none or layer)
     lr_g: float = 2e-4
@@ -41,6 +42,9 @@ class TrainConfig:
     r1_gamma: float = 0.0  # R1 penalty γ/2·E||∇D(x_real)||² (Mescheder et al. 2018); 0 disables
     pack: int = 1  # PacGAN: D judges `pack` samples at once (MLP discriminators)
     g_mixture: int = 1  # MGAN: K MLP sub-generators, one chosen per sample from z[0] (unconditional MLPs)
+    # MGAN's β: a classifier learns which sub-generator made each fake sample and G adds β × its
+    # cross-entropy, so that two sub-generators on one mode are pushed apart. 0 disables; needs g_mixture > 1.
+    mixture_beta: float = 0.0
     ema_decay: float = 0.999  # 0 disables the EMA copy of G
     seed: int = 0
     data_dir: str | None = None
@@ -74,6 +78,12 @@ class TrainConfig:
             raise ValueError(
                 f"g_mixture must be >= 1, and > 1 only for unconditional MLPs; got {self.g_mixture}"
             )
+        if self.mixture_beta < 0 or (self.mixture_beta > 0 and self.g_mixture < 2):
+            raise ValueError(
+                f"mixture_beta must be >= 0, and > 0 only with g_mixture > 1; got {self.mixture_beta}"
+            )
+        if self.g_layers is not None and (self.g_layers < 0 or self.arch != "mlp"):
+            raise ValueError(f"g_layers must be >= 0 (or unset: mlp_layers), MLP G only; got {self.g_layers}")
         if self.r1_gamma < 0:
             raise ValueError(f"r1_gamma must be >= 0, got {self.r1_gamma}")
         if self.channels not in (None, 1, 3):

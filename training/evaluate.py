@@ -31,6 +31,7 @@ from service.manifest import (
 from training.data import MIXTURES, make_source
 from training.evaluator import FEATURE_SPACE, Evaluator
 from training.quality import (
+    PERFECT_SPREAD,
     density_coverage,
     frechet_distance,
     kid,
@@ -92,11 +93,13 @@ def evaluate_mixture(sample: Sampler, data: str, seeds: int) -> tuple[dict[str, 
         ("modes", [r.modes for r in runs]),
         ("high_quality_pct", [r.high_quality for r in runs]),
         ("reverse_kl", [r.reverse_kl for r in runs]),
+        ("spread", [r.spread for r in runs]),
     ):
         metrics[name] = float(np.mean(values))
         metrics[f"{name}_se"] = (
             float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
         )
+    metrics["spread_floor"] = PERFECT_SPREAD  # what the data itself scores: a sharper G is not better
     return metrics, f"{data} mixture means (VEEGAN/PacGAN: 2,500 samples per seed, HQ within 3σ)"
 
 

@@ -25,13 +25,16 @@ from service.manifest import atomic_write_bytes
 from training.config import TrainConfig
 from training.data import BUILTIN, MIXTURES, DataSpec, FakeSource, Source, builtin_spec, make_source
 from training.losses import make_loss, r1_penalty
-from training.networks import NetSpec, build_networks
+from training.networks import ComponentClassifier, NetSpec, build_networks
 from training.preview import save_preview
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
-# Fields that may change when a run is resumed; any other difference is refused.
-RESUMABLE = {"steps", "log_every", "sample_every", "checkpoint_every", "device", "num_threads"}
+# Fields that may change when a run is resumed; any other difference is refused. The learning rates and
+# the R1 weight are among them so that a run can follow a schedule (find the modes, then sharpen them at a
+# lower rate); the resume command that changed them is kept in the checkpoint's provenance.
+SCHEDULE = {"lr_g", "lr_d", "r1_gamma"}
+RESUMABLE = {"steps", "log_every", "sample_every", "checkpoint_every", "device", "num_threads", *SCHEDULE}
 
 
 class ResumeError(ValueError):
@@ -124,6 +127,7 @@ def net_spec_for(cfg: TrainConfig, data: DataSpec) -> NetSpec:
         d_norm=cfg.d_norm,
         pack=cfg.pack,
         g_mixture=cfg.g_mixture,
+        g_layers=cfg.g_layers,
     )
 
 
@@ -234,6 +238,9 @@ def train(
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
     loss = make_loss(cfg.loss, cfg.gp_lambda)
+    # MGAN's classifier over the sub-generators, trained with D's learning rate.
+    C = ComponentClassifier(spec).to(device).train() if cfg.mixture_beta > 0 else None
+    opt_c = torch.optim.Adam(C.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2)) if C else None
     amp = use_bf16(cfg.precision, device, cfg.arch)
 
     # Step 4. Resume: every network, optimiser, RNG and counter exactly as it was saved.
@@ -248,6 +255,12 @@ def train(
             ema.model.load_state_dict(state["G_ema"])
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
+        if C is not None and opt_c is not None:
+            C.load_state_dict(state["C"])
+            opt_c.load_state_dict(state["opt_c"])
+        for optimizer, lr in ((opt_g, cfg.lr_g), (opt_d, cfg.lr_d), (opt_c, cfg.lr_d)):
+            for group in optimizer.param_groups if optimizer is not None else ():
+                group["lr"] = lr  # the saved state carries the old rate; a resume may set a new one
         torch.set_rng_state(state["rng"]["torch"])
         if device.type == "cuda" and state["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
@@ -273,6 +286,8 @@ def train(
                 "G_ema": ema.model.state_dict() if ema is not None else None,
                 "opt_g": opt_g.state_dict(),
                 "opt_d": opt_d.state_dict(),
+                "C": C.state_dict() if C is not None else None,
+                "opt_c": opt_c.state_dict() if opt_c is not None else None,
                 "rng": {
                     "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
@@ -316,10 +331,19 @@ def train(
                     opt_d.zero_grad(set_to_none=True)
                     d_loss.backward()
                     opt_d.step()
+                    if C is not None and opt_c is not None:
+                        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                            c_loss = F.cross_entropy(C(x_fake), G.component(z))
+                        opt_c.zero_grad(set_to_none=True)
+                        c_loss.backward()
+                        opt_c.step()
 
                 z, c = latents(None)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    g_loss = loss.g_loss(D, G(z, c), c)
+                    x_fake = G(z, c)
+                    g_loss = loss.g_loss(D, x_fake, c)
+                    if C is not None:
+                        g_loss = g_loss + cfg.mixture_beta * F.cross_entropy(C(x_fake), G.component(z))
                 opt_g.zero_grad(set_to_none=True)
                 g_loss.backward()
                 opt_g.step()
@@ -337,6 +361,7 @@ def train(
                         "step": step,
                         "d_loss": d_loss.item(),
                         "g_loss": g_loss.item(),
+                        **({"c_loss": c_loss.item()} if C is not None else {}),
                         "images_per_s": round(rate, 1),  # real images through D per second
                         "wall_time_s": round(wall_time_s, 2),
                     }
@@ -359,7 +384,4 @@ def train(
     if stop.requested:
         print(f"stopped by signal: checkpoint at step {step} written to {ckpt_path}", flush=True)
         raise KeyboardInterrupt
-    return ckpt_path
-    # Step 6. The final checkpoint: the resume state, and the input of `export`.
-    checkpoint()
     return ckpt_path

@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 DCGAN_SIZES = (8, 28, 32, 64)
+AFFINE_INIT_SCALE = 0.02
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,11 @@ class NetSpec:
     d_norm: str = "batch"  # "batch" | "layer" | "none"
     pack: int = 1  # PacGAN: the MLP discriminator sees `pack` samples concatenated
     g_mixture: int = 1  # MLP G as K sub-generators, one picked per sample from z[0] (MGAN-style)
+    g_layers: int | None = None  # hidden layers of the MLP G; None: mlp_layers
+
+    @property
+    def g_hidden(self) -> int:
+        return self.mlp_layers if self.g_layers is None else self.g_layers
 
 
 def _sn(module: nn.Module, enabled: bool) -> nn.Module:
@@ -66,7 +72,7 @@ class MLPGenerator(nn.Module):
         width, out_dim = spec.g_width, math.prod(spec.out_shape)
         layers: list[nn.Module] = []
         in_dim = spec.z_dim + spec.num_classes
-        for _ in range(spec.mlp_layers):
+        for _ in range(spec.g_hidden):
             layers += [nn.Linear(in_dim, width), nn.LeakyReLU(0.2)]  # (N, width)
             in_dim = width
         layers.append(nn.Linear(in_dim, out_dim))  # (N, prod(out_shape))
@@ -96,16 +102,23 @@ class MixtureMLPGenerator(nn.Module):
         self.spec, k = spec, spec.g_mixture
         normal = torch.distributions.Normal(0.0, 1.0)
         self.register_buffer("edges", normal.icdf(torch.arange(1, k, dtype=torch.float64) / k).float())
-        dims = [spec.z_dim - 1] + [spec.g_width] * spec.mlp_layers + [math.prod(spec.out_shape)]
+        dims = [spec.z_dim - 1] + [spec.g_width] * spec.g_hidden + [math.prod(spec.out_shape)]
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         for fan_in, fan_out in itertools.pairwise(dims):
             bound = 1 / math.sqrt(fan_in)  # nn.Linear's default initialisation, per generator
-            self.weights.append(nn.Parameter(torch.empty(k, fan_in, fan_out).uniform_(-bound, bound)))
+            # Affine sub-generators (no hidden layer) start as near-points: one that starts as wide as the
+            # data sits across several modes, its samples pulled different ways, and never moves.
+            scale = AFFINE_INIT_SCALE if len(dims) == 2 else 1.0
+            self.weights.append(nn.Parameter(torch.empty(k, fan_in, fan_out).uniform_(-bound, bound) * scale))
             self.biases.append(nn.Parameter(torch.empty(k, 1, fan_out).uniform_(-bound, bound)))
 
+    def component(self, z: torch.Tensor) -> torch.Tensor:
+        """(N,) int64: the sub-generator that serves each latent."""
+        return (z[:, :1] > self.edges).sum(1)
+
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        which = (z[:, :1] > self.edges).sum(1)  # (N,): the generator of each sample
+        which = self.component(z)  # (N,)
         h = z[:, 1:].unsqueeze(0).expand(self.spec.g_mixture, -1, -1)  # (K, N, z_dim - 1)
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
@@ -117,6 +130,28 @@ class MixtureMLPGenerator(nn.Module):
         if self.spec.kind == "image":
             out = torch.tanh(out)
         return out.view(-1, *self.spec.out_shape)
+
+
+class ComponentClassifier(nn.Module):
+    """MGAN's classifier: which of the K sub-generators made this sample (K logits).
+
+    Trained on fake samples only; the generators are rewarded when it is right (Hoang et al. 2018, the β
+    term), which pushes two sub-generators that sit on the same mode apart. An MLP with D's width and depth,
+    separate from D (MGAN shares D's body; separate weights keep D's objective and packing untouched).
+    """
+
+    def __init__(self, spec: NetSpec) -> None:
+        super().__init__()
+        width, in_dim = spec.d_width, math.prod(spec.out_shape)
+        layers: list[nn.Module] = []
+        for _ in range(spec.mlp_layers):
+            layers += [nn.Linear(in_dim, width), nn.LeakyReLU(0.2)]  # (N, width)
+            in_dim = width
+        layers.append(nn.Linear(in_dim, spec.g_mixture))  # (N, K)
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.flatten(1))  # (N, K) logits
 
 
 class DCGANGenerator(nn.Module):

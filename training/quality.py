@@ -18,6 +18,14 @@ class MixtureScores:
     modes: int
     high_quality: float  # percent of samples within 3σ of their nearest mode
     reverse_kl: float  # KL(p̂ ‖ uniform) over high-quality samples, nats
+    # Not in the VEEGAN/PacGAN protocol: E[d²] / (2σ²) over high-quality samples, d the distance to the
+    # nearest mode. A perfect sampler gives (1 - 5.5 e^-4.5) / (1 - e^-4.5) = 0.949; far below that, the
+    # modes are sharper than the data (% HQ above the perfect sampler's 98.9 % is the other sign); 0 with
+    # no high-quality sample.
+    spread: float = 0.0
+
+
+PERFECT_SPREAD = (1 - 5.5 * math.exp(-4.5)) / (1 - math.exp(-4.5))
 
 
 def mixture_scores(x: np.ndarray, means: np.ndarray, sigma: float) -> MixtureScores:
@@ -26,7 +34,8 @@ def mixture_scores(x: np.ndarray, means: np.ndarray, sigma: float) -> MixtureSco
     nearest, closest = distances.argmin(1), distances.min(1)
     high = closest <= 3 * sigma
     counts = np.bincount(nearest[high], minlength=len(means))
-    return MixtureScores(int((counts > 0).sum()), 100.0 * float(high.mean()), kl_to_uniform(counts))
+    spread = float((closest[high] ** 2).mean() / (2 * sigma**2)) if high.any() else 0.0
+    return MixtureScores(int((counts > 0).sum()), 100.0 * float(high.mean()), kl_to_uniform(counts), spread)
 
 
 def kl_to_uniform(counts: np.ndarray) -> float:
