@@ -203,7 +203,7 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_continues(tmp_path: Path) -> None
 
 def test_the_mgan_term_reaches_the_generator_only(tmp_path: Path) -> None:
     """mixture_beta adds β × the classifier's cross-entropy to G's loss: after one step from the same seed,
-    D (updated before G) is identical, G is not, and the classifier has learnt something."""
+    D (updated before G) is identical, G is not, and the classifier has taken optimiser steps."""
     base = tiny_config("toy2d", data="ring8", steps=1, g_mixture=4, g_layers=0, pack=1)
     train(base, tmp_path / "plain", progress=False)
     train(dataclasses.replace(base, mixture_beta=1.0), tmp_path / "mgan", progress=False)
