@@ -65,17 +65,20 @@ def _dcgan_plan(size: int) -> tuple[int, int]:
     return base, int(math.log2(size // base))
 
 
+def _mlp(in_dim: int, width: int, hidden: int, out_dim: int) -> list[nn.Module]:
+    """`hidden` Linear + LeakyReLU(0.2) layers of `width` units, then a Linear to `out_dim`."""
+    layers: list[nn.Module] = []
+    for _ in range(hidden):
+        layers += [nn.Linear(in_dim, width), nn.LeakyReLU(0.2)]  # (N, width)
+        in_dim = width
+    return [*layers, nn.Linear(in_dim, out_dim)]
+
+
 class MLPGenerator(nn.Module):
     def __init__(self, spec: NetSpec) -> None:
         super().__init__()
         self.spec = spec
-        width, out_dim = spec.g_width, math.prod(spec.out_shape)
-        layers: list[nn.Module] = []
-        in_dim = spec.z_dim + spec.num_classes
-        for _ in range(spec.g_hidden):
-            layers += [nn.Linear(in_dim, width), nn.LeakyReLU(0.2)]  # (N, width)
-            in_dim = width
-        layers.append(nn.Linear(in_dim, out_dim))  # (N, prod(out_shape))
+        layers = _mlp(spec.z_dim + spec.num_classes, spec.g_width, spec.g_hidden, math.prod(spec.out_shape))
         if spec.kind == "image":
             layers.append(nn.Tanh())  # images live in [-1, 1]; vectors are unbounded
         self.net = nn.Sequential(*layers)
@@ -142,13 +145,9 @@ class ComponentClassifier(nn.Module):
 
     def __init__(self, spec: NetSpec) -> None:
         super().__init__()
-        width, in_dim = spec.d_width, math.prod(spec.out_shape)
-        layers: list[nn.Module] = []
-        for _ in range(spec.mlp_layers):
-            layers += [nn.Linear(in_dim, width), nn.LeakyReLU(0.2)]  # (N, width)
-            in_dim = width
-        layers.append(nn.Linear(in_dim, spec.g_mixture))  # (N, K)
-        self.net = nn.Sequential(*layers)
+        self.net = nn.Sequential(
+            *_mlp(math.prod(spec.out_shape), spec.d_width, spec.mlp_layers, spec.g_mixture)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.flatten(1))  # (N, K) logits

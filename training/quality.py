@@ -22,7 +22,7 @@ class MixtureScores:
     # nearest mode. A perfect sampler gives (1 - 5.5 e^-4.5) / (1 - e^-4.5) = 0.949; far below that, the
     # modes are sharper than the data (% HQ above the perfect sampler's 98.9 % is the other sign); 0 with
     # no high-quality sample.
-    spread: float = 0.0
+    spread: float
 
 
 PERFECT_SPREAD = (1 - 5.5 * math.exp(-4.5)) / (1 - math.exp(-4.5))
