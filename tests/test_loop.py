@@ -65,6 +65,7 @@ def _assert_same(a: Any, b: Any, where: str) -> None:
 
 RESUME_CASES = {
     "dcgan": dict(data="npz"),  # BatchNorm in G and D, EMA
+    "dcgan/pack": dict(data="npz", pack=2, d_norm="none", spectral_norm=True),  # PacDCGAN (stacked MNIST)
     "cgan": dict(data="npz"),  # conditional, spectral norm, hinge
     "wgan-gp": dict(data="npz"),  # n_critic = 5 and the random interpolation of the gradient penalty
     "mlp": dict(data="npz"),  # minimax, no EMA

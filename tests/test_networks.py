@@ -71,3 +71,17 @@ def test_bad_architectures() -> None:
 def test_packing_judges_groups_of_samples() -> None:
     _, D = build_networks(NetSpec("mlp", "vector", (2,), 4, 0, 16, 16, d_norm="none", pack=2))
     assert D(torch.randn(8, 2)).shape == (4,)  # 8 samples, judged 2 at a time
+
+
+def test_dcgan_packing_stacks_samples_on_channels() -> None:
+    """PacDCGAN: samples 2i and 2i+1 form one (2C, H, W) input; changing sample 1 moves only logit 0."""
+    torch.manual_seed(0)
+    _, D = build_networks(NetSpec("dcgan", "image", (3, 28, 28), 8, 0, 8, 8, d_norm="none", pack=2))
+    assert D.features[0].in_channels == 6
+    x = torch.randn(6, 3, 28, 28)
+    before = D(x)
+    assert before.shape == (3,)
+    x[1] += 1.0
+    after = D(x)
+    assert not torch.allclose(before[0], after[0])
+    torch.testing.assert_close(before[1:], after[1:])

@@ -40,7 +40,7 @@ class TrainConfig:
     n_critic: int = 1  # discriminator steps per generator step
     gp_lambda: float = 10.0
     r1_gamma: float = 0.0  # R1 penalty γ/2·E||∇D(x_real)||² (Mescheder et al. 2018); 0 disables
-    pack: int = 1  # PacGAN: D judges `pack` samples at once (MLP discriminators)
+    pack: int = 1  # PacGAN: D judges `pack` samples at once (unconditional D; DCGAN: stacked on channels)
     g_mixture: int = 1  # MGAN: K MLP sub-generators, one chosen per sample from z[0] (unconditional MLPs)
     # MGAN's β: a classifier learns which sub-generator made each fake sample and G adds β × its
     # cross-entropy, so that two sub-generators on one mode are pushed apart. 0 disables; needs g_mixture > 1.
@@ -72,8 +72,8 @@ class TrainConfig:
             raise ValueError("loss 'wgan-gp' needs a per-sample critic: set d_norm to 'none' or 'layer'")
         if self.pack < 1 or self.batch_size % self.pack:
             raise ValueError(f"pack must be >= 1 and divide batch_size {self.batch_size}, got {self.pack}")
-        if self.pack > 1 and (self.arch != "mlp" or self.conditional):
-            raise ValueError("pack > 1 needs an unconditional MLP discriminator (arch 'mlp')")
+        if self.pack > 1 and self.conditional:
+            raise ValueError("pack > 1 needs an unconditional discriminator (conditional is true)")
         if self.g_mixture < 1 or (self.g_mixture > 1 and (self.arch != "mlp" or self.conditional)):
             raise ValueError(
                 f"g_mixture must be >= 1, and > 1 only for unconditional MLPs; got {self.g_mixture}"

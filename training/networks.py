@@ -33,7 +33,7 @@ class NetSpec:
     mlp_layers: int = 2
     spectral_norm: bool = False
     d_norm: str = "batch"  # "batch" | "layer" | "none"
-    pack: int = 1  # PacGAN: the MLP discriminator sees `pack` samples concatenated
+    pack: int = 1  # PacGAN: D sees `pack` samples concatenated (MLP: features; DCGAN: channels)
     g_mixture: int = 1  # MLP G as K sub-generators, one picked per sample from z[0] (MGAN-style)
     g_layers: int | None = None  # hidden layers of the MLP G; None: mlp_layers
 
@@ -229,7 +229,11 @@ class DCGANDiscriminator(nn.Module):
         channels, size = spec.out_shape[0], spec.out_shape[1]
         base, stages = _dcgan_plan(size)
         sn, width, res = spec.spectral_norm, spec.d_width, size
-        layers: list[nn.Module] = [_sn(nn.Conv2d(channels, width, 4, 2, 1), sn), nn.LeakyReLU(0.2, True)]
+        self.packed_channels = channels * spec.pack  # PacDCGAN: `pack` samples stacked along channels
+        layers: list[nn.Module] = [
+            _sn(nn.Conv2d(self.packed_channels, width, 4, 2, 1), sn),
+            nn.LeakyReLU(0.2, True),
+        ]
         res //= 2  # state size. (ndf) x size/2 x size/2
         for _ in range(stages - 1):
             layers.append(_sn(nn.Conv2d(width, width * 2, 4, 2, 1, bias=spec.d_norm != "batch"), sn))
@@ -245,7 +249,8 @@ class DCGANDiscriminator(nn.Module):
         self.apply(_init_dcgan)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self.features(x), c)  # (N,) logits
+        packed = x.reshape(-1, self.packed_channels, *x.shape[2:])  # (N / pack, pack * C, H, W)
+        return self.head(self.features(packed), c)  # (N / pack,) logits
 
 
 def build_networks(spec: NetSpec) -> tuple[nn.Module, nn.Module]:
