@@ -55,7 +55,10 @@ def test_bad_overrides(item: str, message: str) -> None:
         ({"d_norm": "batch"}, "wgan-gp' needs a per-sample critic"),
         ({"channels": 2}, "channels must be 1 or 3"),
         ({"pack": 3}, "pack must be >= 1 and divide batch_size 64"),
-        ({"pack": 2, "conditional": True}, r"pack > 1 needs an unconditional discriminator \(conditional is true\)"),
+        (
+            {"pack": 2, "conditional": True},
+            r"pack > 1 needs an unconditional discriminator \(conditional is true\)",
+        ),
         ({"r1_gamma": -1.0}, "r1_gamma must be >= 0"),
     ],
 )
