@@ -60,6 +60,7 @@ def test_bad_overrides(item: str, message: str) -> None:
             r"pack > 1 needs an unconditional discriminator \(conditional is true\)",
         ),
         ({"r1_gamma": -1.0}, "r1_gamma must be >= 0"),
+        ({"g_upsample": "bilinear"}, r"g_upsample must be 'transpose' or 'resize' \(DCGAN G only\)"),
     ],
 )
 def test_invalid_configs(overrides: dict[str, object], message: str) -> None:

@@ -193,3 +193,28 @@ def test_affine_sub_generators_export_and_start_as_near_points(tmp_path: Path) -
     version = export(run_dir, tmp_path / "models", "ring-affine")  # parity checked inside
     (out,) = _session(version / "model.onnx").run(["x"], {"z": z[:64].numpy()})
     np.testing.assert_allclose(out, x[:64], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("preset", "overrides"),
+    [
+        ("cgan", {"g_upsample": "resize"}),  # nearest-neighbour Upsample becomes an ONNX Resize
+        ("dcgan", {"pack": 2, "d_norm": "none"}),  # PacDCGAN: D changes, the exported G's contract does not
+    ],
+)
+def test_dcgan_variants_export_with_parity(preset: str, overrides: dict[str, object], tmp_path: Path) -> None:
+    from tests.conftest import tiny_config
+    from training.loop import train
+
+    run_dir = tmp_path / "run"
+    train(tiny_config(preset, data="digits", steps=2, **overrides), run_dir, progress=False)
+    version = export(run_dir, tmp_path / "models", "variant")  # parity at 1, 7 and 64 rows checked inside
+    manifest = load_manifest(version / "manifest.json")
+    assert manifest.output_shape == [1, 8, 8] and manifest.training.config == json.loads(
+        (run_dir / "config.json").read_text()
+    )
+    ops = {node.op_type for node in onnx.load(str(version / "model.onnx")).graph.node}
+    if overrides.get("g_upsample") == "resize":
+        assert "Resize" in ops and "ConvTranspose" not in ops
+    else:
+        assert "ConvTranspose" in ops

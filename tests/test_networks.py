@@ -85,3 +85,13 @@ def test_dcgan_packing_stacks_samples_on_channels() -> None:
     after = D(x)
     assert not torch.allclose(before[0], after[0])
     torch.testing.assert_close(before[1:], after[1:])
+
+
+def test_resize_upsampling_has_no_transposed_convolution() -> None:
+    spec = NetSpec("dcgan", "image", (1, 28, 28), 8, 3, 8, 8, g_upsample="resize")
+    G, _ = build_networks(spec)
+    assert G(torch.randn(5, 8), torch.eye(3)[[0, 1, 2, 0, 1]]).shape == (5, 1, 28, 28)
+    kinds = {type(m) for m in G.modules()}
+    assert torch.nn.Upsample in kinds and torch.nn.ConvTranspose2d not in kinds
+    with pytest.raises(ValueError, match="g_upsample must be 'transpose' or 'resize'"):
+        build_networks(NetSpec("dcgan", "image", (1, 28, 28), 8, 0, 8, 8, g_upsample="pixelshuffle"))

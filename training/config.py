@@ -15,6 +15,7 @@ LossName = Literal["minimax", "nonsaturating", "wgan-gp", "hinge", "lsgan"]
 DNorm = Literal["batch", "layer", "none"]
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16"]
+GUpsample = Literal["transpose", "resize"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class TrainConfig:
     d_width: int = 64  # MLP: hidden units; DCGAN: ndf (channels of the first layer)
     mlp_layers: int = 2  # hidden layers in each MLP network
     g_layers: int | None = None  # hidden layers in the MLP G when it differs (0: affine sub-generators)
+    g_upsample: GUpsample = "transpose"  # DCGAN G: ConvTranspose (DCGAN) or "resize": nearest + 3x3 conv
     spectral_norm: bool = False  # on every discriminator layer
     d_norm: DNorm = "batch"  # normalisation inside D (WGAN-GP needs a per-sample one: none or layer)
     lr_g: float = 2e-4
@@ -84,6 +86,12 @@ class TrainConfig:
             )
         if self.g_layers is not None and (self.g_layers < 0 or self.arch != "mlp"):
             raise ValueError(f"g_layers must be >= 0 (or unset: mlp_layers), MLP G only; got {self.g_layers}")
+        if self.g_upsample not in ("transpose", "resize") or (
+            self.g_upsample != "transpose" and self.arch != "dcgan"
+        ):
+            raise ValueError(
+                f"g_upsample must be 'transpose' or 'resize' (DCGAN G only), got '{self.g_upsample}'"
+            )
         if self.r1_gamma < 0:
             raise ValueError(f"r1_gamma must be >= 0, got {self.r1_gamma}")
         if self.channels not in (None, 1, 3):

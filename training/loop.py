@@ -128,6 +128,7 @@ def net_spec_for(cfg: TrainConfig, data: DataSpec) -> NetSpec:
         pack=cfg.pack,
         g_mixture=cfg.g_mixture,
         g_layers=cfg.g_layers,
+        g_upsample=cfg.g_upsample,
     )
 
 
