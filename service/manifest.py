@@ -35,6 +35,9 @@ class Provenance(BaseModel):
     train_command: str | None = None
     export_command: str | None = None
     exported_weights: Literal["ema", "raw"] = "ema"
+    # One entry per training invocation (the first run, then each resume): from_step, to_step,
+    # wall_time_s, and what `auto` resolved to there: device, precision, threads.
+    segments: list[dict[str, Any]] = []
     dry_run: bool = False  # trained on fake data by `--dry-run`: a plumbing test, not a model
 
 

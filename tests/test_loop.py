@@ -136,6 +136,31 @@ def test_resume_may_lower_the_learning_rates(tmp_path: Path) -> None:
     assert rates == [[1e-5], [3e-6], [3e-6]]
 
 
+def test_each_invocation_records_what_it_ran_on(tmp_path: Path) -> None:
+    """Segments: one per invocation that trained, with what `auto` resolved to; export copies them."""
+    from service.manifest import load_manifest
+    from training.export import export
+
+    threads = torch.get_num_threads()
+    try:
+        cfg = tiny_config("dcgan", data="digits", steps=2, num_threads=1, precision="fp32")
+        train(cfg, tmp_path / "run", progress=False)
+        train(dataclasses.replace(cfg, steps=3, num_threads=2), tmp_path / "run", resume=True, progress=False)
+        train(
+            dataclasses.replace(cfg, steps=3), tmp_path / "run", resume=True, progress=False
+        )  # trains nothing
+    finally:
+        torch.set_num_threads(threads)
+    segments = load_checkpoint(tmp_path / "run" / CHECKPOINT)["segments"]
+    assert [{k: v for k, v in seg.items() if k != "wall_time_s"} for seg in segments] == [
+        {"from_step": 0, "to_step": 2, "device": "cpu", "precision": "fp32", "threads": 1},
+        {"from_step": 2, "to_step": 3, "device": "cpu", "precision": "fp32", "threads": 2},
+    ]
+    assert all(seg["wall_time_s"] > 0 for seg in segments)
+    manifest = load_manifest(export(tmp_path / "run", tmp_path / "models", "m") / "manifest.json")
+    assert manifest.training.segments == segments
+
+
 def test_resume_needs_a_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(ResumeError, match="no checkpoint found"):
         train(tiny_config("toy2d", data="ring8"), tmp_path, resume=True, progress=False)

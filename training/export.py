@@ -206,6 +206,7 @@ def export(
                 train_command=state.get("train_command"),
                 export_command=command,
                 exported_weights=state["exported_weights"],
+                segments=state.get("segments", []),
                 dry_run=bool(state.get("dry_run")),
             ),
             parity_max_abs_diff=parity,

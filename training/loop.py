@@ -246,6 +246,7 @@ def train(
 
     # Step 4. Resume: every network, optimiser, RNG and counter exactly as it was saved.
     step, wall_time_s = 0, 0.0
+    segments: list[dict[str, Any]] = []
     if resume:
         # RNG states must stay CPU byte tensors; weights and optimizer state follow their parameters' device.
         state = load_checkpoint(ckpt_path, "cpu")
@@ -267,12 +268,29 @@ def train(
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         latent_gen.set_state(state["rng"]["latent"])
         step, wall_time_s = state["step"], state["wall_time_s"]
+        segments = list(state.get("segments", []))  # checkpoints from before segments were kept have none
         # Provenance keeps every command that shaped the weights: the first run and each resume.
         command = " && ".join(c for c in (state.get("train_command"), command) if c) or None
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / "config.json")
+    # What this invocation really runs on: `auto` settings resolve per machine, and wall times mean
+    # little without them. Each resume appends its own segment.
+    first_step, first_wall = step, wall_time_s
+    where = {
+        "device": device.type,
+        "precision": "bf16" if amp else "fp32",
+        "threads": torch.get_num_threads(),
+    }
 
     def checkpoint() -> None:
+        done = segments
+        if step > first_step:
+            span = {
+                "from_step": first_step,
+                "to_step": step,
+                "wall_time_s": round(wall_time_s - first_wall, 3),
+            }
+            done = [*segments, span | where]
         save_checkpoint(
             ckpt_path,
             {
@@ -295,6 +313,7 @@ def train(
                     "latent": latent_gen.get_state(),
                 },
                 "train_command": command,
+                "segments": done,
                 "dry_run": dry_run,
                 "library_versions": library_versions(),
             },
