@@ -86,7 +86,7 @@ class TrainConfig:
             )
         if self.g_layers is not None and (self.g_layers < 0 or self.arch != "mlp"):
             raise ValueError(f"g_layers must be >= 0 (or unset: mlp_layers), MLP G only; got {self.g_layers}")
-        if self.g_upsample not in ("transpose", "resize") or (
+        if self.g_upsample not in typing.get_args(GUpsample) or (
             self.g_upsample != "transpose" and self.arch != "dcgan"
         ):
             raise ValueError(
