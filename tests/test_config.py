@@ -68,6 +68,12 @@ def test_invalid_configs(overrides: dict[str, object], message: str) -> None:
         preset_config("wgan-gp", **overrides)
 
 
+def test_extra_convs_needs_dcgan() -> None:
+    assert preset_config("cgan", extra_convs=True).extra_convs
+    with pytest.raises(ValueError, match="extra_convs needs arch 'dcgan', got arch 'mlp'"):
+        preset_config("mlp", extra_convs=True)
+
+
 def test_unknown_preset() -> None:
     with pytest.raises(ValueError, match="unknown preset 'stylegan'"):
         preset_config("stylegan")

@@ -200,6 +200,7 @@ def test_affine_sub_generators_export_and_start_as_near_points(tmp_path: Path) -
     [
         ("cgan", {"g_upsample": "resize"}),  # nearest-neighbour Upsample becomes an ONNX Resize
         ("dcgan", {"pack": 2, "d_norm": "none"}),  # PacDCGAN: D changes, the exported G's contract does not
+        ("cgan", {"extra_convs": True}),  # SNGAN standard-CNN pattern: G ends in a 3x3 Conv
     ],
 )
 def test_dcgan_variants_export_with_parity(preset: str, overrides: dict[str, object], tmp_path: Path) -> None:
@@ -218,3 +219,5 @@ def test_dcgan_variants_export_with_parity(preset: str, overrides: dict[str, obj
         assert "Resize" in ops and "ConvTranspose" not in ops
     else:
         assert "ConvTranspose" in ops
+    if overrides.get("extra_convs"):
+        assert "Conv" in ops

@@ -67,6 +67,7 @@ RESUME_CASES = {
     "dcgan": dict(data="npz"),  # BatchNorm in G and D, EMA
     "dcgan/pack": dict(data="npz", pack=2, d_norm="none", spectral_norm=True),  # PacDCGAN (stacked MNIST)
     "cgan": dict(data="npz"),  # conditional, spectral norm, hinge
+    "cgan/extra_convs": dict(data="npz", extra_convs=True),  # 3x3 stride-1 convs in D and at G's output
     "wgan-gp": dict(data="npz"),  # n_critic = 5 and the random interpolation of the gradient penalty
     "mlp": dict(data="npz"),  # minimax, no EMA
     "toy2d": dict(data="ring8", pack=2, r1_gamma=0.1),  # on-the-fly sampling, packing, R1

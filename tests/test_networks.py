@@ -95,3 +95,25 @@ def test_resize_upsampling_has_no_transposed_convolution() -> None:
     assert torch.nn.Upsample in kinds and torch.nn.ConvTranspose2d not in kinds
     with pytest.raises(ValueError, match="g_upsample must be 'transpose' or 'resize'"):
         build_networks(NetSpec("dcgan", "image", (1, 28, 28), 8, 0, 8, 8, g_upsample="pixelshuffle"))
+
+
+@pytest.mark.parametrize("size", DCGAN_SIZES)
+@pytest.mark.parametrize("d_norm", ["batch", "layer", "none"])
+def test_extra_convs_add_stride_one_layers(size: int, d_norm: str) -> None:
+    """SNGAN's standard-CNN pattern: one 3x3 stride-1 conv per D resolution, and G's image from a 3x3 conv."""
+    plain = NetSpec("dcgan", "image", (3, size, size), 8, 2, 8, 8, d_norm=d_norm, spectral_norm=True)
+    deep = NetSpec(
+        "dcgan", "image", (3, size, size), 8, 2, 8, 8, d_norm=d_norm, spectral_norm=True, extra_convs=True
+    )
+    (G0, D0), (G1, D1) = build_networks(plain), build_networks(deep)
+
+    def convs(m: torch.nn.Module, k: int) -> int:
+        return sum(isinstance(x, torch.nn.Conv2d) and x.kernel_size == (k, k) for x in m.modules())
+
+    stages = len([m for m in D0.modules() if isinstance(m, torch.nn.Conv2d)])
+    assert convs(D0, 3) == 0 and convs(D1, 3) == stages and convs(D1, 4) == stages
+    assert convs(G0, 3) == 0 and convs(G1, 3) == 1
+    assert isinstance(G1.blocks[-2], torch.nn.Conv2d) and G1.blocks[-2].in_channels == 4  # g_width / 2
+    c = torch.eye(2)[[0, 1, 1]]
+    x = G1(torch.randn(3, 8), c)
+    assert x.shape == (3, 3, size, size) and D1(x, c).shape == (3,)

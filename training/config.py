@@ -31,6 +31,8 @@ class TrainConfig:
     mlp_layers: int = 2  # hidden layers in each MLP network
     g_layers: int | None = None  # hidden layers in the MLP G when it differs (0: affine sub-generators)
     g_upsample: GUpsample = "transpose"  # DCGAN G: ConvTranspose (DCGAN) or "resize": nearest + 3x3 conv
+    # DCGAN: SNGAN's "standard CNN" pattern, a stride-1 3x3 conv after each D downsampling and at G's output
+    extra_convs: bool = False
     spectral_norm: bool = False  # on every discriminator layer
     d_norm: DNorm = "batch"  # normalisation inside D (WGAN-GP needs a per-sample one: none or layer)
     lr_g: float = 2e-4
@@ -92,6 +94,8 @@ class TrainConfig:
             raise ValueError(
                 f"g_upsample must be 'transpose' or 'resize' (DCGAN G only), got '{self.g_upsample}'"
             )
+        if self.extra_convs and self.arch != "dcgan":
+            raise ValueError(f"extra_convs needs arch 'dcgan', got arch '{self.arch}'")
         if self.r1_gamma < 0:
             raise ValueError(f"r1_gamma must be >= 0, got {self.r1_gamma}")
         if self.channels not in (None, 1, 3):

@@ -129,6 +129,7 @@ def net_spec_for(cfg: TrainConfig, data: DataSpec) -> NetSpec:
         g_mixture=cfg.g_mixture,
         g_layers=cfg.g_layers,
         g_upsample=cfg.g_upsample,
+        extra_convs=cfg.extra_convs,
     )
 
 

@@ -39,6 +39,10 @@ class NetSpec:
     # DCGAN G's 2x upsampling: "transpose" (4x4 stride-2 ConvTranspose, as in DCGAN) or "resize" (nearest
     # neighbour then a 3x3 conv, Odena et al. 2016: no checkerboard artefacts, ~2.25x the multiply-adds).
     g_upsample: str = "transpose"
+    # SNGAN's "standard CNN" pattern (Miyato et al. 2018): a stride-1 3x3 conv after each of D's
+    # downsamplings, and G's last upsampling yields g_width/2 feature maps that a 3x3 conv turns into the image
+    # (DCGAN's G makes its image straight from a transposed conv). More layers at full resolution, for texture.
+    extra_convs: bool = False
 
     @property
     def g_hidden(self) -> int:
@@ -186,7 +190,15 @@ class DCGANGenerator(nn.Module):
                 nn.ReLU(True),
             ]  # state size. (width/2) x 2res x 2res
             width //= 2
-        blocks += [*_upsample(width, channels, spec.g_upsample, bias=True), nn.Tanh()]  # C x size x size
+        if spec.extra_convs:
+            blocks += [
+                *_upsample(width, width // 2, spec.g_upsample, bias=False),
+                nn.BatchNorm2d(width // 2),
+                nn.ReLU(True),
+            ]  # state size. (width/2) x size x size
+            blocks += [nn.Conv2d(width // 2, channels, 3, 1, 1), nn.Tanh()]  # C x size x size
+        else:
+            blocks += [*_upsample(width, channels, spec.g_upsample, bias=True), nn.Tanh()]  # C x size x size
         self.blocks = nn.Sequential(*blocks)
         self.apply(_init_dcgan)
 
@@ -247,18 +259,30 @@ class DCGANDiscriminator(nn.Module):
             nn.LeakyReLU(0.2, True),
         ]
         res //= 2  # state size. (ndf) x size/2 x size/2
-        for _ in range(stages - 1):
-            layers.append(_sn(nn.Conv2d(width, width * 2, 4, 2, 1, bias=spec.d_norm != "batch"), sn))
+        for stage in range(stages):
+            if spec.extra_convs:
+                layers += self._conv_norm_act(
+                    nn.Conv2d(width, width, 3, 1, 1, bias=spec.d_norm != "batch"), spec
+                )
+            if stage == stages - 1:
+                break
+            layers += self._conv_norm_act(
+                nn.Conv2d(width, width * 2, 4, 2, 1, bias=spec.d_norm != "batch"), spec
+            )
             width, res = width * 2, res // 2  # state size. (width) x res x res
-            if spec.d_norm == "batch":
-                layers.append(nn.BatchNorm2d(width))
-            elif spec.d_norm == "layer":
-                layers.append(nn.GroupNorm(1, width))  # layer norm over (C, H, W), per sample
-            layers.append(nn.LeakyReLU(0.2, True))
         layers.append(nn.Flatten())  # (N, width * base * base)
         self.features = nn.Sequential(*layers)
         self.head = _Projection(width * base * base, spec.num_classes, sn)
         self.apply(_init_dcgan)
+
+    @staticmethod
+    def _conv_norm_act(conv: nn.Conv2d, spec: NetSpec) -> list[nn.Module]:
+        layers = [_sn(conv, spec.spectral_norm)]
+        if spec.d_norm == "batch":
+            layers.append(nn.BatchNorm2d(conv.out_channels))
+        elif spec.d_norm == "layer":
+            layers.append(nn.GroupNorm(1, conv.out_channels))  # layer norm over (C, H, W), per sample
+        return [*layers, nn.LeakyReLU(0.2, True)]
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         packed = x.reshape(-1, self.packed_channels, *x.shape[2:])  # (N / pack, pack * C, H, W)
