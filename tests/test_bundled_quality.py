@@ -26,8 +26,12 @@ def test_metrics_are_reproducible_on_a_quick_sample(path: Path) -> None:
     for name in ("class_accuracy", "modes", "high_quality_pct", "stacked_modes"):
         if name in recorded.metrics:
             assert quick.metrics[name] == pytest.approx(recorded.metrics[name], rel=0.1, abs=0.03), name
-    if "fd" in recorded.metrics:  # biased upward at small N: the quick figure may only be larger
-        assert recorded.metrics["fd"] * 0.9 <= quick.metrics["fd"] <= recorded.metrics["fd"] * 3, "fd"
+    if "fd" in recorded.metrics:
+        # FD is biased upward at small N, by about as much as the real-vs-real floor at that N is (the floor
+        # is 0.58 at 10,000 but 3.96 at 2,000 for Fashion-MNIST), so a multiple alone would not do for a model
+        # near the floor: the quick figure may exceed the recorded one by up to 1.5x plus the quick floor.
+        low, high = recorded.metrics["fd"] * 0.9, recorded.metrics["fd"] * 1.5 + quick.metrics["fd_floor"]
+        assert low <= quick.metrics["fd"] <= high, f"fd {quick.metrics['fd']} outside [{low}, {high}]"
 
 
 def test_the_service_enforces_the_recorded_gates() -> None:
