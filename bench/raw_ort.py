@@ -158,8 +158,10 @@ def measure_model(
                     "batch": batch,
                     "images_per_s": round(images_per_s, 1),
                     "ms_per_batch": round(per_call * 1000, 3),
-                    "gflops": round(images_per_s * flops["total"] / 1e9, 2),
-                    "share_of_peak": round(images_per_s * flops["total"] / 1e9 / peaks[t], 3),
+                    # 3 significant figures, not decimals: a tiny model (ring8 v2's affine sub-generators,
+                    # a few hundred FLOPs per image) would otherwise round to 0 on a busy machine.
+                    "gflops": float(f"{images_per_s * flops['total'] / 1e9:.3g}"),
+                    "share_of_peak": float(f"{images_per_s * flops['total'] / 1e9 / peaks[t]:.3g}"),
                 }
             )
     return {
