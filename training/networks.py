@@ -183,7 +183,8 @@ class DCGANGenerator(nn.Module):
             nn.ReLU(True),
         )  # state size. (width * base * base)
         blocks: list[nn.Module] = []
-        for _ in range(stages - 1):
+        # extra_convs: the last upsampling is one more of these blocks, and a 3x3 conv then makes the image
+        for _ in range(stages - 1 + spec.extra_convs):
             blocks += [
                 *_upsample(width, width // 2, spec.g_upsample, bias=False),
                 nn.BatchNorm2d(width // 2),
@@ -191,12 +192,7 @@ class DCGANGenerator(nn.Module):
             ]  # state size. (width/2) x 2res x 2res
             width //= 2
         if spec.extra_convs:
-            blocks += [
-                *_upsample(width, width // 2, spec.g_upsample, bias=False),
-                nn.BatchNorm2d(width // 2),
-                nn.ReLU(True),
-            ]  # state size. (width/2) x size x size
-            blocks += [nn.Conv2d(width // 2, channels, 3, 1, 1), nn.Tanh()]  # C x size x size
+            blocks += [nn.Conv2d(width, channels, 3, 1, 1), nn.Tanh()]  # C x size x size
         else:
             blocks += [*_upsample(width, channels, spec.g_upsample, bias=True), nn.Tanh()]  # C x size x size
         self.blocks = nn.Sequential(*blocks)
@@ -261,14 +257,10 @@ class DCGANDiscriminator(nn.Module):
         res //= 2  # state size. (ndf) x size/2 x size/2
         for stage in range(stages):
             if spec.extra_convs:
-                layers += self._conv_norm_act(
-                    nn.Conv2d(width, width, 3, 1, 1, bias=spec.d_norm != "batch"), spec
-                )
+                layers += self._conv_norm_act(width, width, 3, 1, spec)  # state size. (width) x res x res
             if stage == stages - 1:
                 break
-            layers += self._conv_norm_act(
-                nn.Conv2d(width, width * 2, 4, 2, 1, bias=spec.d_norm != "batch"), spec
-            )
+            layers += self._conv_norm_act(width, width * 2, 4, 2, spec)
             width, res = width * 2, res // 2  # state size. (width) x res x res
         layers.append(nn.Flatten())  # (N, width * base * base)
         self.features = nn.Sequential(*layers)
@@ -276,12 +268,14 @@ class DCGANDiscriminator(nn.Module):
         self.apply(_init_dcgan)
 
     @staticmethod
-    def _conv_norm_act(conv: nn.Conv2d, spec: NetSpec) -> list[nn.Module]:
+    def _conv_norm_act(in_ch: int, out_ch: int, kernel: int, stride: int, spec: NetSpec) -> list[nn.Module]:
+        """Conv (padding 1; no bias before BatchNorm), D's normalisation, LeakyReLU(0.2)."""
+        conv = nn.Conv2d(in_ch, out_ch, kernel, stride, 1, bias=spec.d_norm != "batch")
         layers = [_sn(conv, spec.spectral_norm)]
         if spec.d_norm == "batch":
-            layers.append(nn.BatchNorm2d(conv.out_channels))
+            layers.append(nn.BatchNorm2d(out_ch))
         elif spec.d_norm == "layer":
-            layers.append(nn.GroupNorm(1, conv.out_channels))  # layer norm over (C, H, W), per sample
+            layers.append(nn.GroupNorm(1, out_ch))  # layer norm over (C, H, W), per sample
         return [*layers, nn.LeakyReLU(0.2, True)]
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
