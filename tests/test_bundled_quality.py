@@ -50,4 +50,6 @@ def test_the_service_enforces_the_recorded_gates() -> None:
                     assert version["status"] == "failed" and f"{failing.metric} = " in version["reason"]
             # Older versions stay bundled as the record and may fail; the newest of each model passes and serves.
             newest = max(listed["versions"], key=lambda v: v["version"])
-            assert newest["status"] == "ready", f"{listed['name']} v{newest['version']}: {newest.get('reason')}"
+            assert newest["status"] == "ready", (
+                f"{listed['name']} v{newest['version']}: {newest.get('reason')}"
+            )
