@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -11,7 +12,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from service.batcher import BatchFailed, DeadlineExceeded, Draining, QueueFull
+from service.plans import PlanError
 from service.repository import ModelNotFound, ModelUnavailable
+from service.state import AppState
 
 
 class ApiError(Exception):
@@ -26,18 +29,67 @@ class ClientGone(Exception):
     """The client disconnected before its rows were computed."""
 
 
+@dataclass(frozen=True)
+class Problem:
+    """How one failure is answered; `reason` labels gan_rejections_total (None: not a rejection)."""
+
+    status: int
+    detail: str
+    field: str | None = None
+    headers: dict[str, str] | None = None
+    reason: str | None = None
+
+
+RETRY_NOW = {"Retry-After": "1"}
+
+
+def problem_of(error: Exception, state: AppState) -> Problem | None:
+    """The answer to each failure the service knows; None for anything else (a bug: a 500)."""
+    match error:
+        case PlanError():
+            return Problem(422, error.detail, error.field, reason="invalid")
+        case ApiError():
+            reason = "invalid" if error.status == 422 else None
+            return Problem(error.status, error.detail, error.field, error.headers, reason)
+        case ModelNotFound():
+            return Problem(404, str(error), "model")
+        case ModelUnavailable():
+            return Problem(503, str(error), "model", reason="model_failed")
+        case QueueFull():
+            return Problem(429, str(error), None, {"Retry-After": str(error.retry_after_s)}, "queue_full")
+        case DeadlineExceeded():
+            timeout = state.settings.request_timeout_s
+            return Problem(
+                504, f"not computed within GAN_REQUEST_TIMEOUT_S = {timeout:g} s", reason="deadline"
+            )
+        case Draining():
+            return Problem(503, str(error), None, RETRY_NOW, "draining")
+        case BatchFailed():
+            return Problem(500, str(error), reason="inference_error")
+        case ClientGone():
+            return Problem(499, "client closed the request", reason="client_gone")
+    return None
+
+
 def error_response(
     status: int, detail: str, field: str | None = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
     return JSONResponse({"detail": detail, "field": field}, status_code=status, headers=headers)
 
 
-def _model_label(request: Request) -> str:
-    return str(getattr(request.state, "model", ""))
+def problem_response(error: Exception, state: AppState, model: str = "") -> JSONResponse:
+    """The JSON answer to `error`, counted as a rejection of `model` ("" before a known model is named).
 
-
-def _reject(request: Request, reason: str) -> None:
-    request.app.state.gan.metrics.rejections.labels(_model_label(request), reason).inc()
+    The answer names the model in `X-Model`, as sample responses do, so the request metrics can label it.
+    Unknown errors are raised again.
+    """
+    problem = problem_of(error, state)
+    if problem is None:
+        raise error
+    if problem.reason is not None:
+        state.metrics.rejections.labels(model, problem.reason).inc()
+    headers = (problem.headers or {}) | ({"X-Model": model} if model else {})
+    return error_response(problem.status, problem.detail, problem.field, headers or None)
 
 
 # Union members add their type name to the location ("labels.int"); it says nothing to a client.
@@ -58,57 +110,37 @@ def validation_error_response(errors: Sequence[Any]) -> JSONResponse:
     return error_response(422, "; ".join(parts), first)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, error: ApiError) -> JSONResponse:
-        if error.status == 422:
-            _reject(request, "invalid")
-        return error_response(error.status, error.detail, error.field, error.headers)
+ANSWERED = (
+    PlanError,
+    ApiError,
+    ModelNotFound,
+    ModelUnavailable,
+    QueueFull,
+    DeadlineExceeded,
+    Draining,
+    BatchFailed,
+    ClientGone,
+)
+
+
+def install_error_handlers(app: FastAPI, state: AppState) -> None:
+    """Errors raised outside a model's routes (unknown paths, bodies that fail validation, ...)."""
+
+    async def known(request: Request, error: Exception) -> JSONResponse:
+        return problem_response(error, state)
+
+    for kind in ANSWERED:
+        app.add_exception_handler(kind, known)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-        _reject(request, "invalid")
+        state.metrics.rejections.labels("", "invalid").inc()
         return validation_error_response(error.errors())
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
         if error.status_code == 400:  # the body is not even text: FastAPI's "error parsing the body"
-            _reject(request, "invalid")
+            state.metrics.rejections.labels("", "invalid").inc()
             return error_response(422, "body: not valid JSON (UTF-8 text expected)", "body")
         field = "path" if error.status_code in (404, 405) else None
         return error_response(error.status_code, str(error.detail), field, dict(error.headers or {}))
-
-    @app.exception_handler(ModelNotFound)
-    async def not_found(request: Request, error: ModelNotFound) -> JSONResponse:
-        return error_response(404, str(error), "model")
-
-    @app.exception_handler(ModelUnavailable)
-    async def unavailable(request: Request, error: ModelUnavailable) -> JSONResponse:
-        _reject(request, "model_failed")
-        return error_response(503, str(error), "model")
-
-    @app.exception_handler(QueueFull)
-    async def queue_full(request: Request, error: QueueFull) -> JSONResponse:
-        _reject(request, "queue_full")
-        return error_response(429, str(error), None, {"Retry-After": str(error.retry_after_s)})
-
-    @app.exception_handler(DeadlineExceeded)
-    async def deadline(request: Request, error: DeadlineExceeded) -> JSONResponse:
-        _reject(request, "deadline")
-        timeout = request.app.state.gan.settings.request_timeout_s
-        return error_response(504, f"not computed within GAN_REQUEST_TIMEOUT_S = {timeout:g} s", None)
-
-    @app.exception_handler(Draining)
-    async def draining(request: Request, error: Draining) -> JSONResponse:
-        _reject(request, "draining")
-        return error_response(503, str(error), None, {"Retry-After": "1"})
-
-    @app.exception_handler(BatchFailed)
-    async def batch_failed(request: Request, error: BatchFailed) -> JSONResponse:
-        _reject(request, "inference_error")
-        return error_response(500, str(error), None)
-
-    @app.exception_handler(ClientGone)
-    async def client_gone(request: Request, error: ClientGone) -> JSONResponse:
-        _reject(request, "client_gone")
-        return error_response(499, "client closed the request", None)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from service.files import atomic_write_bytes
 
 MANIFEST_FILE = "manifest.json"
 ONNX_FILE = "model.onnx"
@@ -133,6 +133,10 @@ class Manifest(BaseModel):
     def conditional(self) -> bool:
         return self.num_classes > 0
 
+    def signature(self) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+        """The generator graph this manifest promises (see `check_signature`)."""
+        return generator_signature(self.z_dim, self.num_classes, self.output_shape)
+
     def gate_results(self) -> list[GateResult]:
         """Each gate against `metrics`; a gate whose metric is missing fails."""
         results = []
@@ -178,32 +182,70 @@ def load_manifest(path: str | os.PathLike[str]) -> Manifest:
     return parse_manifest(data, str(path))
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(
-                handle.fileno(), 0o644
-            )  # mkstemp makes 0600; models must be readable by the service user
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_manifest(manifest: Manifest, path: str | os.PathLike[str]) -> None:
     text = manifest.model_dump_json(indent=2) + "\n"
     atomic_write_bytes(Path(path), text.encode("utf-8"))
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+class VersionDir(NamedTuple):
+    name: str
+    version: int
+    path: Path
+
+
+def version_numbers(model_root: Path) -> list[int]:
+    """The versions of one model folder, ascending: subfolders named by a positive integer."""
+    if not model_root.is_dir():
+        return []
+    found = (p for p in model_root.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
+    return sorted(int(p.name) for p in found)
+
+
+def version_dirs(model_dir: Path) -> list[VersionDir]:
+    """Every `<name>/<version>` folder of a model directory, by name then version; hidden folders are skipped
+    (they are exports and copies still in flight)."""
+    names = sorted(p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return [VersionDir(d.name, v, d / str(v)) for d in names for v in version_numbers(d)]
+
+
+class TensorSignature(NamedTuple):
+    """One graph input or output as ONNX describes it: dims are ints, or a name / None where dynamic."""
+
+    name: str
+    dtype: str  # ONNX Runtime's spelling: "tensor(float)"
+    shape: tuple[int | str | None, ...]
+
+
+class SignatureError(ValueError):
+    """A graph whose inputs or outputs disagree with what its manifest promises."""
+
+
+def generator_signature(
+    z_dim: int, num_classes: int, output_shape: list[int]
+) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """The generator contract per tensor, after the batch axis: inputs z (and c), output x."""
+    inputs = {"z": [z_dim]} | ({"c": [num_classes]} if num_classes else {})
+    return inputs, {"x": list(output_shape)}
+
+
+def check_signature(
+    inputs: list[TensorSignature],
+    outputs: list[TensorSignature],
+    expected: tuple[dict[str, list[int]], dict[str, list[int]]],
+) -> None:
+    """Names in order, float32, a dynamic batch axis, then exactly the expected dims."""
+    for kind, found, want in (("inputs", inputs, expected[0]), ("outputs", outputs, expected[1])):
+        if [t.name for t in found] != list(want):
+            raise SignatureError(f"graph {kind} {[t.name for t in found]} != expected {list(want)}")
+    for tensor in [*inputs, *outputs]:
+        tail = (expected[0] | expected[1])[tensor.name]
+        if tensor.dtype != "tensor(float)":
+            raise SignatureError(f"{tensor.name}: dtype {tensor.dtype}, expected tensor(float)")
+        if len(tensor.shape) != 1 + len(tail) or isinstance(tensor.shape[0], int):
+            raise SignatureError(
+                f"{tensor.name}: shape {list(tensor.shape)}: needs a dynamic batch axis and {len(tail)} more dims"
+            )
+        if list(tensor.shape[1:]) != tail:
+            raise SignatureError(
+                f"{tensor.name}: dims {list(tensor.shape[1:])} disagree with the manifest's {tail}"
+            )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -12,7 +13,19 @@ from typing import Literal
 import numpy as np
 
 from service.batcher import Batcher, Feeds
-from service.manifest import MANIFEST_FILE, ONNX_FILE, Manifest, ManifestError, load_manifest, sha256_file
+from service.files import sha256_file
+from service.manifest import (
+    MANIFEST_FILE,
+    ONNX_FILE,
+    Manifest,
+    ManifestError,
+    SignatureError,
+    TensorSignature,
+    VersionDir,
+    check_signature,
+    load_manifest,
+    version_dirs,
+)
 from service.metrics import Metrics, ModelObserver
 from service.runtime import CUDA, SessionInfo, intra_op_threads, open_session
 from service.settings import Settings
@@ -32,62 +45,72 @@ class LoadError(RuntimeError):
     pass
 
 
-@dataclass
-class ModelVersion:
+@dataclass(frozen=True)
+class FailedModel:
+    """A version that does not serve, and why; what was read before the failure is kept for /models."""
+
     name: str
     version: int
     path: Path
-    status: Literal["ready", "failed"] = "failed"
-    reason: str | None = None
+    reason: str
     manifest: Manifest | None = None
     provider: str | None = None
     load_seconds: float = 0.0
-    runtime: SessionInfo | None = field(default=None, repr=False)
-    batcher: Batcher | None = field(default=None, repr=False)
+    status: Literal["failed"] = "failed"
 
     @property
     def key(self) -> str:
         return f"{self.name}:{self.version}"
 
-    def infer(self, feeds: Feeds) -> np.ndarray:
-        assert self.runtime is not None
-        (x,) = self.runtime.session.run(["x"], feeds)
-        return np.asarray(x)
+
+@dataclass(frozen=True)
+class ReadyModel:
+    """A version that loaded, passed every check and warmed up: its session runs behind its batcher."""
+
+    name: str
+    version: int
+    path: Path
+    manifest: Manifest
+    provider: str
+    load_seconds: float
+    session: SessionInfo = field(repr=False)
+    batcher: Batcher = field(repr=False)
+    status: Literal["ready"] = "ready"
+    reason: None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+ModelVersion = ReadyModel | FailedModel
+
+
+def infer(session: SessionInfo, feeds: Feeds) -> np.ndarray:
+    (x,) = session.session.run(["x"], feeds)
+    return np.asarray(x)
 
 
 def check_graph(session: SessionInfo, manifest: Manifest) -> None:
     """The manifest must describe the graph: input/output names, dims and dtype."""
     inputs, outputs = session.session.get_inputs(), session.session.get_outputs()
-    if [i.name for i in inputs] != manifest.input_names:
-        raise LoadError(
-            f"graph inputs {[i.name for i in inputs]} != manifest input_names {manifest.input_names}"
+    try:
+        check_signature(
+            [TensorSignature(t.name, t.type, tuple(t.shape)) for t in inputs],
+            [TensorSignature(t.name, t.type, tuple(t.shape)) for t in outputs],
+            manifest.signature(),
         )
-    if [o.name for o in outputs] != manifest.output_names:
-        raise LoadError(
-            f"graph outputs {[o.name for o in outputs]} != manifest output_names {manifest.output_names}"
-        )
-    widths = {"z": manifest.z_dim, "c": manifest.num_classes}
-    expected = [(i, [widths[i.name]]) for i in inputs] + [(outputs[0], manifest.output_shape)]
-    for value, tail in expected:
-        if value.type != "tensor(float)":
-            raise LoadError(f"{value.name}: dtype {value.type}, expected tensor(float)")
-        if len(value.shape) != 1 + len(tail) or isinstance(value.shape[0], int):
-            raise LoadError(
-                f"{value.name}: shape {value.shape}: needs a dynamic batch axis and {len(tail)} more dims"
-            )
-        if list(value.shape[1:]) != tail:
-            raise LoadError(f"{value.name}: dims {value.shape[1:]} disagree with the manifest's {tail}")
+    except SignatureError as error:
+        raise LoadError(str(error)) from None
 
 
-def warm_up(model: ModelVersion, rows: int) -> float:
+def warm_up(session: SessionInfo, manifest: Manifest, rows: int) -> float:
     """Run one batch of zeros; returns rows per second (the batcher's first drain-rate estimate)."""
-    manifest = model.manifest
-    assert manifest is not None
     feeds = {"z": np.zeros((rows, manifest.z_dim), np.float32)}
     if manifest.num_classes:
         feeds["c"] = np.full((rows, manifest.num_classes), 1.0 / manifest.num_classes, np.float32)
     started = time.perf_counter()
-    x = model.infer(feeds)
+    x = infer(session, feeds)
     seconds = time.perf_counter() - started
     if x.shape != (rows, *manifest.output_shape) or not np.isfinite(x).all():
         raise LoadError(f"warm-up gave shape {x.shape} (finite: {bool(np.isfinite(x).all())})")
@@ -110,43 +133,75 @@ def check_quality(manifest: Manifest, mode: str, key: str) -> None:
         log.warning("model %s quality: %s (GAN_QUALITY_GATE=warn: serving anyway)", key, problem)
 
 
-def load_version(path: Path, settings: Settings) -> tuple[ModelVersion, float]:
-    model = ModelVersion(path.parent.name, int(path.name), path)
-    started = time.perf_counter()
-    rows_per_s = 0.0
+def read_manifest(found: VersionDir) -> Manifest:
+    """The version's manifest, checked against the folder it lives in and the graph file's sha256."""
+    manifest = load_manifest(found.path / MANIFEST_FILE)
+    if (manifest.name, manifest.version) != (found.name, found.version):
+        raise LoadError(
+            f"manifest says {manifest.name}:{manifest.version} but lives in {found.name}:{found.version}"
+        )
+    if not (found.path / ONNX_FILE).is_file():
+        raise LoadError(f"{ONNX_FILE} is missing")
+    digest = sha256_file(found.path / ONNX_FILE)
+    if digest != manifest.onnx_sha256:
+        raise LoadError(f"sha256 of {ONNX_FILE} is {digest}, manifest says {manifest.onnx_sha256}")
+    return manifest
+
+
+def open_graph(path: Path, settings: Settings) -> SessionInfo:
+    """An ONNX Runtime session on the providers the settings ask for (which one it got is checked after)."""
     try:
-        manifest = load_manifest(path / MANIFEST_FILE)
-        if (manifest.name, manifest.version) != (model.name, model.version):
-            raise LoadError(f"manifest says {manifest.name}:{manifest.version} but lives in {model.key}")
-        if not (path / ONNX_FILE).is_file():
-            raise LoadError(f"{ONNX_FILE} is missing")
-        digest = sha256_file(path / ONNX_FILE)
-        if digest != manifest.onnx_sha256:
-            raise LoadError(f"sha256 of {ONNX_FILE} is {digest}, manifest says {manifest.onnx_sha256}")
-        model.manifest = manifest
-        try:
-            model.runtime = open_session(
-                path / ONNX_FILE,
-                settings.device,
-                intra_op_threads(settings.intra_op_threads, settings.runners),
-                settings.inter_op_threads,
-                settings.ort_spinning,
-            )
-        except Exception as error:  # onnxruntime raises its own exception types for corrupt graphs
-            raise LoadError(f"ONNX Runtime cannot load the graph: {str(error).splitlines()[0]}") from None
-        model.provider = model.runtime.provider
-        check_graph(model.runtime, manifest)
-        if settings.device == "cuda" and model.provider != CUDA:
-            raise LoadError(f"GAN_DEVICE=cuda but the session runs on {model.provider}")
-        rows_per_s = warm_up(model, settings.warmup_rows)
-        check_quality(manifest, settings.quality_gate, model.key)
-        model.status, model.reason = "ready", None
+        session = open_session(
+            path,
+            settings.device,
+            intra_op_threads(settings.intra_op_threads, settings.runners),
+            settings.inter_op_threads,
+            settings.ort_spinning,
+        )
+    except Exception as error:  # onnxruntime raises its own exception types for corrupt graphs
+        raise LoadError(f"ONNX Runtime cannot load the graph: {str(error).splitlines()[0]}") from None
+    return session
+
+
+def check_device(session: SessionInfo, settings: Settings) -> None:
+    if settings.device == "cuda" and session.provider != CUDA:
+        raise LoadError(f"GAN_DEVICE=cuda but the session runs on {session.provider}")
+
+
+def load_version(found: VersionDir, settings: Settings, metrics: Metrics) -> ModelVersion:
+    """Validate, open, check and warm up one version; the batcher starts here (inside the event loop)."""
+    started = time.perf_counter()
+    manifest: Manifest | None = None
+    session: SessionInfo | None = None
+    key = f"{found.name}:{found.version}"
+    try:
+        manifest = read_manifest(found)
+        session = open_graph(found.path / ONNX_FILE, settings)
+        check_graph(session, manifest)
+        check_device(session, settings)
+        rows_per_s = warm_up(session, manifest, settings.warmup_rows)
+        check_quality(manifest, settings.quality_gate, key)
     except (ManifestError, LoadError, OSError, ValueError) as error:
-        model.status, model.reason = "failed", str(error)
-        model.runtime = None
-        log.error("model %s failed to load: %s", model.key, error)
-    model.load_seconds = time.perf_counter() - started
-    return model, rows_per_s
+        log.error("model %s failed to load: %s", key, error)
+        provider = session.provider if session else None
+        seconds = time.perf_counter() - started
+        return FailedModel(found.name, found.version, found.path, str(error), manifest, provider, seconds)
+    batcher = Batcher(
+        functools.partial(infer, session),
+        max_batch_rows=settings.max_batch_rows,
+        max_wait_s=settings.max_wait_ms / 1000,
+        max_queue_rows=settings.max_queue_rows,
+        initial_rows_per_s=rows_per_s,
+        observer=ModelObserver(metrics, found.name),
+        name=key,
+        runners=settings.runners,
+        inline_rows=settings.inline_rows,
+    )
+    batcher.start()
+    seconds = time.perf_counter() - started
+    return ReadyModel(
+        found.name, found.version, found.path, manifest, session.provider, seconds, session, batcher
+    )
 
 
 class Repository:
@@ -160,49 +215,33 @@ class Repository:
         if not root.is_dir():
             log.error("model directory %s does not exist", root)
             return
-        for name_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            for version_dir in sorted(
-                p for p in name_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0
-            ):
-                model, rows_per_s = load_version(version_dir, self.settings)
-                self.models.setdefault(model.name, {})[model.version] = model
-                if model.status == "ready":
-                    model.batcher = Batcher(
-                        model.infer,
-                        max_batch_rows=self.settings.max_batch_rows,
-                        max_wait_s=self.settings.max_wait_ms / 1000,
-                        max_queue_rows=self.settings.max_queue_rows,
-                        initial_rows_per_s=rows_per_s,
-                        observer=ModelObserver(self.metrics, model.name),
-                        name=model.key,
-                        runners=self.settings.runners,
-                        inline_rows=self.settings.inline_rows,
-                    )
-                    model.batcher.start()
-                sha = model.manifest.onnx_sha256 if model.manifest else ""
-                for metric, value in (model.manifest.metrics if model.manifest else {}).items():
-                    self.metrics.quality.labels(model.name, str(model.version), metric).set(value)
-                self.metrics.model_info.labels(
-                    model.name, str(model.version), model.provider or "none", sha, model.status
-                ).set(1 if model.status == "ready" else 0)
-                log.info(
-                    "model %s: %s (%s) in %.2fs", model.key, model.status, model.provider, model.load_seconds
-                )
+        for found in version_dirs(root):
+            model = load_version(found, self.settings, self.metrics)
+            self.models.setdefault(model.name, {})[model.version] = model
+            sha = model.manifest.onnx_sha256 if model.manifest else ""
+            for metric, value in (model.manifest.metrics if model.manifest else {}).items():
+                self.metrics.quality.labels(model.name, str(model.version), metric).set(value)
+            self.metrics.model_info.labels(
+                model.name, str(model.version), model.provider or "none", sha, model.status
+            ).set(1 if model.status == "ready" else 0)
+            log.info(
+                "model %s: %s (%s) in %.2fs", model.key, model.status, model.provider, model.load_seconds
+            )
 
-    def get(self, name: str, version: int | None = None) -> ModelVersion:
+    def get(self, name: str, version: int | None = None) -> ReadyModel:
         """The requested version, or the highest ready one; 404 for unknown, 503 for failed."""
         versions = self.models.get(name)
         if not versions:
             raise ModelNotFound(f"model '{name}' not found; available: {sorted(self.models)}")
         if version is None:
-            ready = [v for v in versions.values() if v.status == "ready"]
+            ready = [v for v in versions.values() if isinstance(v, ReadyModel)]
             if not ready:
                 raise ModelUnavailable(f"model '{name}' has no version that loaded: {self._reasons(name)}")
             return max(ready, key=lambda v: v.version)
         if version not in versions:
             raise ModelNotFound(f"model '{name}' has no version {version}; versions: {sorted(versions)}")
         model = versions[version]
-        if model.status != "ready":
+        if isinstance(model, FailedModel):
             raise ModelUnavailable(f"model {model.key} failed to load: {model.reason}")
         return model
 
@@ -221,11 +260,11 @@ class Repository:
 
     async def drain(self, timeout_s: float) -> bool:
         """Stop every batcher's intake at once and wait for queued work up to timeout_s."""
-        batchers = [m.batcher for m in self.all() if m.batcher is not None]
+        batchers = [m.batcher for m in self.all() if isinstance(m, ReadyModel)]
         results = await asyncio.gather(*(b.drain(timeout_s) for b in batchers))
         return all(results)
 
     async def close(self) -> None:
         for model in self.all():
-            if model.batcher is not None:
+            if isinstance(model, ReadyModel):
                 await model.batcher.close()

@@ -1,4 +1,4 @@
-"""Import direction: the service never imports torch or training; training imports only service.manifest."""
+"""Import direction: the service never imports torch or training; training imports only the contract modules."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import ast
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,10 +25,14 @@ def imported_modules(package: str) -> dict[str, set[str]]:
     return found
 
 
-def test_training_imports_only_the_manifest_from_the_service() -> None:
+# What training may import from the service: the manifest contract and the file primitives it writes with.
+CONTRACT = {"service.manifest", "service.files"}
+
+
+def test_training_imports_only_the_contract_from_the_service() -> None:
     for module, names in imported_modules("training").items():
         service = {n for n in names if n == "service" or n.startswith("service.")}
-        assert service <= {"service.manifest"}, f"training/{module} imports {service}"
+        assert service <= CONTRACT, f"training/{module} imports {service}"
 
 
 def test_service_never_imports_torch_or_training() -> None:
@@ -43,12 +49,14 @@ def _modules_after(statement: str) -> set[str]:
     return set(result.stdout.split())
 
 
-def test_manifest_loads_without_torch_or_fastapi() -> None:
-    modules = _modules_after("import service.manifest")
+@pytest.mark.parametrize("module", sorted(CONTRACT))
+def test_the_contract_loads_without_torch_or_fastapi(module: str) -> None:
+    modules = _modules_after(f"import {module}")
     assert "torch" not in modules and "fastapi" not in modules and "training" not in modules
+    assert {m for m in modules if m.split(".")[0] == "service"} <= {"service", *CONTRACT}
 
 
-def test_training_at_run_time_touches_only_service_manifest() -> None:
+def test_training_at_run_time_touches_only_the_contract() -> None:
     modules = _modules_after("import training.__main__, training.export, training.loop")
-    assert {m for m in modules if m.split(".")[0] == "service"} == {"service", "service.manifest"}
+    assert {m for m in modules if m.split(".")[0] == "service"} == {"service", *CONTRACT}
     assert "torch" in modules  # the check above is meaningful only if the training stack really loaded

@@ -48,8 +48,8 @@ def test_the_service_enforces_the_recorded_gates() -> None:
                 else:
                     failing = next(r for r in results if not r.passed)
                     assert version["status"] == "failed" and f"{failing.metric} = " in version["reason"]
-            # Older versions stay bundled as the record and may fail; the newest of each model passes and serves.
-            newest = max(listed["versions"], key=lambda v: v["version"])
-            assert newest["status"] == "ready", (
-                f"{listed['name']} v{newest['version']}: {newest.get('reason')}"
-            )
+            # Only versions that pass their gates are bundled (the history is in docs/QUALITY.md): all serve.
+            for version in listed["versions"]:
+                assert version["status"] == "ready", (
+                    f"{listed['name']} v{version['version']}: {version['reason']}"
+                )

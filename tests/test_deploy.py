@@ -26,7 +26,7 @@ from dockerfile_parse import DockerfileParser
 
 from bench.load import free_port, running_service
 from service.main import create_app
-from service.seed_models import seed
+from service.copy_models import copy_models
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -253,18 +253,18 @@ def test_healthcheck_module_against_a_live_and_a_dead_service() -> None:
     assert dead.returncode == 1
 
 
-def test_seed_models_copies_missing_versions_whole_and_never_overwrites(tmp_path: Path) -> None:
+def test_copy_models_copies_missing_versions_whole_and_never_overwrites(tmp_path: Path) -> None:
     target = tmp_path / "volume"
-    (target / "ring8" / "1").mkdir(parents=True)
-    (target / "ring8" / "1" / "manifest.json").write_text("mine")
-    copied = seed(ROOT / "models", target)
+    (target / "ring8" / "2").mkdir(parents=True)
+    (target / "ring8" / "2" / "manifest.json").write_text("mine")
+    copied = copy_models(ROOT / "models", target)
     bundled = sorted(f"{p.parent.name}/{p.name}" for p in (ROOT / "models").glob("*/*") if p.is_dir())
-    assert copied == [key for key in bundled if key != "ring8/1"]
-    assert (target / "ring8" / "1" / "manifest.json").read_text() == "mine"
+    assert copied == [key for key in bundled if key != "ring8/2"]
+    assert (target / "ring8" / "2" / "manifest.json").read_text() == "mine"
     for key in copied:
         for file in ("model.onnx", "manifest.json"):
             assert (target / key / file).read_bytes() == (ROOT / "models" / key / file).read_bytes()
-    assert seed(ROOT / "models", target) == []  # idempotent
+    assert copy_models(ROOT / "models", target) == []  # idempotent
     assert not list(target.glob("*/.*"))  # no staging folder left behind
 
 

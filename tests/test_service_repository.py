@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service import runtime
+from service.files import sha256_file
 from service.main import create_app
 from service.settings import BUNDLED_MODELS, Settings
 
@@ -17,8 +18,6 @@ def corrupt_truncated(path: Path) -> None:
     onnx = path / "model.onnx"
     onnx.write_bytes(onnx.read_bytes()[:1000])
     manifest = json.loads((path / "manifest.json").read_text())
-    from service.manifest import sha256_file
-
     manifest["onnx_sha256"] = sha256_file(onnx)  # a consistent hash, so the graph itself is what fails
     (path / "manifest.json").write_text(json.dumps(manifest))
 

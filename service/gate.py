@@ -1,0 +1,173 @@
+"""The door in front of every route, as named steps: admit (keys, drain), read the bounded body, dispatch, record.
+
+A pure ASGI middleware: it buffers the body once so the route's later `receive()` reports only a disconnect,
+and it labels the request metrics from the answer itself (its status, and `X-Model` where a model answered).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.auth import KeyRing, presented_key
+from service.errors import RETRY_NOW, Problem, error_response
+from service.fastpath import FastGenerate
+from service.state import AppState
+
+ALWAYS_OPEN = {"/healthz", "/readyz", "/metrics"}  # answered even while draining
+PROBES = {"/healthz", "/readyz"}  # never need a key: kubelets and load balancers carry none
+ENDPOINTS = {
+    "/generate",
+    "/interpolate",
+    "/augment",
+    "/models",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/docs",
+    "/openapi.json",
+}
+BODY_METHODS = ("POST", "PUT", "PATCH")
+UNAUTHORIZED = Problem(
+    401,
+    "missing or unknown API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+    "authorization",
+    {"WWW-Authenticate": 'Bearer realm="gan-serving"'},
+    "unauthorized",
+)
+DRAINING = Problem(503, "the service is draining; retry on another replica", None, RETRY_NOW, "draining")
+
+
+def endpoint_label(path: str) -> str:
+    """A bounded set of label values: unknown paths must not create new time series."""
+    if path in ENDPOINTS:
+        return path
+    return "/models/{name}" if path.startswith("/models/") else "other"
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body exceeds {limit} bytes (GAN_MAX_BODY_BYTES)")
+
+
+async def read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole body, at most `limit` bytes (BodyTooLarge past that); None if the client went away."""
+    body, more = bytearray(), True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+        if len(body) > limit:
+            raise BodyTooLarge(limit)
+    return bytes(body)
+
+
+def replaying(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that hands the buffered body over once, then passes on the client's messages."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+class Answer:
+    """Wraps `send` to note the status and the answering model (`X-Model`) of the response."""
+
+    def __init__(self, send: Send) -> None:
+        self.send, self.status, self.model = send, 500, ""
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            for name, value in message.get("headers", ()):
+                if name == b"x-model":
+                    self.model = value.decode("latin-1")
+        await self.send(message)
+
+
+class Gate:
+    """API keys, drain refusal, body-size limit, the /generate fast path, and request metrics."""
+
+    def __init__(
+        self, app: ASGIApp, state: AppState, keys: KeyRing | None, fast: FastGenerate | None = None
+    ) -> None:
+        self.app, self.state, self.keys, self.fast = app, state, keys, fast
+        self.open_paths = PROBES | ({"/metrics"} if state.settings.metrics_public else set())
+
+    def refusal(self, scope: Scope) -> Problem | None:
+        """Why the request may not come in at all: no valid key, or the service is draining."""
+        path = scope["path"]
+        keys = self.keys if path not in self.open_paths else None
+        if keys is not None and not keys.accepts(presented_key(scope["headers"])):
+            return UNAUTHORIZED
+        if self.state.draining and path not in ALWAYS_OPEN:
+            return DRAINING
+        return None
+
+    @contextmanager
+    def counted(self, path: str) -> Iterator[None]:
+        """In flight while inside; probes neither hold up a drain nor count as load."""
+        counted = path not in ALWAYS_OPEN
+        if counted:
+            self.state.inflight += 1
+            self.state.metrics.inflight.set(self.state.inflight)
+        try:
+            yield
+        finally:
+            if counted:
+                self.state.inflight -= 1
+                self.state.metrics.inflight.set(self.state.inflight)
+
+    async def refuse(self, problem: Problem, scope: Scope, receive: Receive, send: Send) -> None:
+        if problem.reason is not None:
+            self.state.metrics.rejections.labels("", problem.reason).inc()
+        await error_response(problem.status, problem.detail, problem.field, problem.headers)(
+            scope, receive, send
+        )
+
+    async def admit(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Refuse, or read the body and hand the request to the fast path or the app."""
+        problem = self.refusal(scope)
+        if problem is not None:
+            await self.refuse(problem, scope, receive, send)
+            return
+        body = b""
+        if scope["method"] in BODY_METHODS:
+            try:
+                read = await read_body(receive, self.state.settings.max_body_bytes)
+            except BodyTooLarge as error:
+                await self.refuse(
+                    Problem(413, str(error), "body", reason="body_too_large"), scope, receive, send
+                )
+                return
+            if read is None:
+                return  # the client went away before it finished sending
+            body = read
+        if self.fast is not None and self.fast.takes(scope):
+            await self.fast(scope, body, replaying(body, receive), send)
+        else:
+            await self.app(scope, replaying(body, receive), send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, answer = time.perf_counter(), Answer(send)
+        try:
+            with self.counted(scope["path"]):
+                await self.admit(scope, receive, answer)
+        finally:
+            endpoint = endpoint_label(scope["path"])
+            self.state.metrics.requests.labels(endpoint, answer.model, str(answer.status)).inc()
+            self.state.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)

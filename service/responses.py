@@ -1,0 +1,77 @@
+"""Sample responses: a plan's computed rows as JSON (base64 PNGs or numbers), .npy or .npz, with provenance."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from fastapi import Response
+from fastapi.responses import JSONResponse
+
+from service import encoding
+from service.offload import offload
+from service.plans import Plan
+from service.repository import ReadyModel
+from service.schemas import SamplesResponse
+
+
+def provenance_headers(model: ReadyModel, plan: Plan) -> dict[str, str]:
+    """A sample's identity (model, version, sha256, seed, index range) as headers on every response."""
+    headers = {
+        "X-Model": model.name,
+        "X-Model-Version": str(model.version),
+        "X-Onnx-Sha256": model.manifest.onnx_sha256,
+        "X-Provider": model.provider,
+        "X-Sample-Start": str(plan.indices[0] if plan.indices else 0),
+        "X-Sample-Count": str(plan.rows),
+    }
+    if plan.seed is not None:
+        headers["X-Seed"] = str(plan.seed)
+    if plan.total_rows is not None:
+        headers["X-Total-Rows"] = str(plan.total_rows)
+    return headers
+
+
+def served_array(x: np.ndarray, model: ReadyModel) -> np.ndarray:
+    """What binary formats carry: uint8 NHWC images, or float32 vectors."""
+    return encoding.to_uint8_nhwc(x) if model.manifest.kind == "image" else x.astype(np.float32)
+
+
+async def samples_response(
+    x: np.ndarray, fmt: str, model: ReadyModel, plan: Plan, truncation: float | None = None
+) -> Response:
+    """`png` (base64 PNGs, or numbers for vector models), `json` (numbers), `npy` or `npz` (arrays)."""
+    headers = provenance_headers(model, plan)
+    if fmt == "npy":
+        body = await offload(plan.rows, encoding.npy_bytes, served_array(x, model))
+        return Response(body, media_type="application/octet-stream", headers=headers)
+    if fmt == "npz":
+        body = await offload(plan.rows, npz_page, x, model, plan)
+        return Response(body, media_type="application/octet-stream", headers=headers)
+    manifest = model.manifest
+    extra: dict[str, Any] = {"truncation": truncation, "t": plan.t}
+    if plan.labels is not None:
+        extra["labels"] = plan.labels.tolist()
+    payload = SamplesResponse(
+        model=model.name, version=model.version, onnx_sha256=manifest.onnx_sha256, provider=model.provider,
+        seed=plan.seed, indices=plan.indices, format="json", shape=manifest.output_shape, **extra,
+    )  # fmt: skip
+    if fmt == "png" and manifest.kind == "image":
+        payload.format = "png"
+        payload.images = await offload(plan.rows, encoding.png_base64, encoding.to_uint8_nhwc(x))
+    else:  # json, and png requests to vector models: points are numbers
+        payload.data = x.reshape(len(x), -1).astype(float).tolist()
+    return JSONResponse(payload.model_dump(exclude_none=True), headers=headers)
+
+
+def npz_page(x: np.ndarray, model: ReadyModel, plan: Plan) -> bytes:
+    """x (uint8 NHWC images or float32 vectors), seed and index; y and class_names for conditional models."""
+    assert plan.seed is not None  # a page of a set always has its seed
+    arrays = {
+        "x": served_array(x, model),
+        "seed": np.array(plan.seed, dtype=np.uint64),
+        "index": np.array(plan.indices, dtype=np.int64),
+    }
+    if plan.labels is not None:
+        arrays |= {"y": plan.labels.astype(np.int64), "class_names": np.array(model.manifest.class_names)}
+    return encoding.npz_bytes(**arrays)
