@@ -12,7 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from service.manifest import Manifest, load_manifest, sha256_file
+from service.files import sha256_file
+from service.manifest import Manifest, load_manifest
 from training.__main__ import main
 from training.data import make_source, ring8_means
 from training.evaluate import evaluate, report

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import training.export as export_module
-from service.manifest import load_manifest, sha256_file
+from service.files import sha256_file
+from service.manifest import load_manifest
 from training.__main__ import main
 from training.export import PARITY_BATCHES, ExportError, export, load_generator
 

@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 
+from service.files import sha256_file
 from service.manifest import (
     Manifest,
     ManifestError,
     load_manifest,
     parse_manifest,
     save_manifest,
-    sha256_file,
 )
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from service.files import sha256_file
 from service.manifest import (
     MANIFEST_FILE,
     ONNX_FILE,
@@ -26,7 +27,6 @@ from service.manifest import (
     QualityGate,
     load_manifest,
     save_manifest,
-    sha256_file,
 )
 from training.data import MIXTURES, make_source
 from training.evaluator import FEATURE_SPACE, Evaluator

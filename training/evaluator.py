@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from service.manifest import atomic_write_bytes, sha256_file
+from service.files import atomic_write_bytes, sha256_file
 from training.data import make_source
 from training.export import onnx_export
 from training.loop import cpu_threads, library_versions

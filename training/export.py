@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from service.manifest import MANIFEST_FILE, ONNX_FILE, Manifest, Provenance, save_manifest, sha256_file
+from service.files import sha256_file
+from service.manifest import MANIFEST_FILE, ONNX_FILE, Manifest, Provenance, save_manifest
 from training.loop import CHECKPOINT, library_versions, load_checkpoint
 from training.networks import NetSpec, build_generator
 

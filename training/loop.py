@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from service.manifest import atomic_write_bytes
+from service.files import atomic_write_bytes
 from training.config import TrainConfig
 from training.data import BUILTIN, MIXTURES, DataSpec, FakeSource, Source, builtin_spec, make_source
 from training.losses import make_loss, r1_penalty
