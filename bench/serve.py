@@ -42,6 +42,9 @@ SERVERS: dict[str, dict[str, Any]] = {
         "env": {"GAN_RUNNERS": "1", "GAN_FAST_PATH": "false", "GAN_INLINE_ROWS": "0"}
     },
     "service, no batching": {"env": {"GAN_MAX_BATCH_ROWS": "1"}},
+    # every request through FastAPI's routing: what the /generate fast path (service/fastpath.py) saves;
+    # run on request only (--servers), not by default
+    "service, no fast path": {"env": {"GAN_FAST_PATH": "false"}, "default": False},
     "naive FastAPI + ORT": {"module": ["bench.naive", "--model", "{model}"]},
     "bare ASGI (HTTP only)": {"module": ["bench.bare"]},
 }
@@ -269,7 +272,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--model", default="fashion-cgan")
     parser.add_argument("--model-dir", type=Path, default=BUNDLED_MODELS)
-    parser.add_argument("--servers", nargs="+", default=list(SERVERS), choices=list(SERVERS))
+    parser.add_argument(
+        "--servers",
+        nargs="+",
+        default=[s for s in SERVERS if SERVERS[s].get("default", True)],
+        choices=list(SERVERS),
+    )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 128])
     parser.add_argument("--ns", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--formats", nargs="+", default=["png", "npy"], choices=("png", "npy", "json"))
