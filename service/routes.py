@@ -1,4 +1,4 @@
-"""HTTP routes: validate, build latents, hand rows to the model's batcher, encode. The maths lives elsewhere."""
+"""HTTP routes: validate (schemas), plan (service.plans), batch (the model's batcher), respond (service.responses)."""
 
 from __future__ import annotations
 
