@@ -48,7 +48,7 @@ def test_resume_reads_the_saved_config(tmp_path: Path, capsys: pytest.CaptureFix
     )
     assert main(["train", "--resume", "--steps", "4", *base]) == 0
     assert "checkpoint:" in capsys.readouterr().out
-    from training.loop import CHECKPOINT, load_checkpoint
+    from training.checkpoint import CHECKPOINT, load_checkpoint
 
     recorded = load_checkpoint(tmp_path / CHECKPOINT)["train_command"]
     assert "--steps 2" in recorded and recorded.endswith("--resume --steps 4 " + " ".join(base))

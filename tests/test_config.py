@@ -82,7 +82,7 @@ def test_unknown_preset() -> None:
 def test_precision_defaults_and_old_configs() -> None:
     import torch
 
-    from training.loop import use_bf16
+    from training.device import use_bf16
 
     cpu = torch.device("cpu")
     assert preset_config("dcgan").precision == "auto"

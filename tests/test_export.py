@@ -222,3 +222,16 @@ def test_dcgan_variants_export_with_parity(preset: str, overrides: dict[str, obj
         assert "ConvTranspose" in ops
     if overrides.get("extra_convs"):
         assert "Conv" in ops
+
+
+def test_export_and_evaluation_stand_beside_the_loop() -> None:
+    """Export and evaluation read checkpoints and run the device policy without importing the training loop."""
+    import subprocess
+    import sys
+
+    code = "import sys, training.export, training.evaluate, training.evaluator; print('training.loop' in sys.modules)"
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"

@@ -17,8 +17,9 @@ from PIL import Image
 
 from tests.conftest import tiny_config
 from training.__main__ import main
+from training.checkpoint import CHECKPOINT, ResumeError, load_checkpoint
 from training.config import PRESETS, TrainConfig
-from training.loop import CHECKPOINT, ResumeError, StopRequest, load_checkpoint, train
+from training.loop import StopRequest, train
 
 ROOT = Path(__file__).resolve().parents[1]
 

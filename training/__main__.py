@@ -10,10 +10,11 @@ import sys
 from pathlib import Path
 
 from service.manifest import Manifest
+from training.checkpoint import CHECKPOINT, ResumeError
 from training.config import PRESETS, TrainConfig, parse_overrides, preset_config
 from training.data import SOURCES, DataError
 from training.export import ExportError, export
-from training.loop import CHECKPOINT, ResumeError, train
+from training.loop import train
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -20,8 +20,8 @@ from torch import nn
 
 from service.files import atomic_write_bytes, sha256_file
 from training.data import make_source
+from training.device import cpu_threads, library_versions
 from training.export import onnx_export
-from training.loop import cpu_threads, library_versions
 
 EVALUATOR_DIR = Path(__file__).resolve().parent / "evaluators"
 FEATURE_SPACE = "evaluator fc1: 128-d, after ReLU (pytorch/examples MNIST Net topology)"

@@ -17,7 +17,8 @@ from torch import nn
 
 from service.files import sha256_file
 from service.manifest import MANIFEST_FILE, ONNX_FILE, Manifest, Provenance, save_manifest
-from training.loop import CHECKPOINT, library_versions, load_checkpoint
+from training.checkpoint import CHECKPOINT, load_checkpoint
+from training.device import library_versions
 from training.networks import NetSpec, build_generator
 
 PARITY_BATCHES = (1, 7, 64)

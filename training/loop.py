@@ -1,15 +1,11 @@
-"""The training loop, read top to bottom under `# Step.` comments, and its atomic, exact-resume checkpoints."""
+"""The training loop, read top to bottom under `# Step N.` comments; its checkpoints are in checkpoint.py."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import io
 import json
 import math
-import os
-import pickle
-import platform
 import signal
 import threading
 import time
@@ -21,51 +17,20 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from service.files import atomic_write_bytes
+from training.checkpoint import (
+    CHECKPOINT,
+    CHECKPOINT_FORMAT,
+    ResumeError,
+    check_resume,
+    load_checkpoint,
+    save_checkpoint,
+)
 from training.config import TrainConfig
 from training.data import BUILTIN, MIXTURES, DataSpec, FakeSource, Source, builtin_spec, make_source
+from training.device import cpu_threads, library_versions, pick_device, use_bf16
 from training.losses import make_loss, r1_penalty
 from training.networks import ComponentClassifier, NetSpec, build_networks
 from training.preview import save_preview
-
-CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_FORMAT = 1
-# Fields that may change when a run is resumed; any other difference is refused. The learning rates and
-# the R1 weight are among them so that a run can follow a schedule (find the modes, then sharpen them at a
-# lower rate); the resume command that changed them is kept in the checkpoint's provenance.
-SCHEDULE = {"lr_g", "lr_d", "r1_gamma"}
-RESUMABLE = {"steps", "log_every", "sample_every", "checkpoint_every", "device", "num_threads", *SCHEDULE}
-
-
-class ResumeError(ValueError):
-    """A run directory and a request that do not fit together."""
-
-
-def pick_device(requested: str) -> torch.device:
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was requested but torch.cuda.is_available() is False")
-    if requested in ("auto", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def use_bf16(precision: str, device: torch.device, arch: str) -> bool:
-    """bf16 autocast: asked for, or `auto` where it pays: CUDA with bf16, and convolutional networks on CPUs
-    that multiply bf16 natively (AMX or AVX512-BF16). On a CPU the small matmuls of the MLPs lose more to the
-    casts than they gain (measured by bench.train_throughput), so `auto` keeps them in fp32."""
-    if precision != "auto":
-        return precision == "bf16"
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    native = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
-    return bool(native and arch == "dcgan")
-
-
-def cpu_threads(requested: int | None) -> int:
-    # Threads beyond the cores this process may run on only add contention.
-    threads = requested or len(os.sched_getaffinity(0))
-    torch.set_num_threads(threads)
-    return threads
 
 
 class StopRequest:
@@ -107,12 +72,6 @@ class EMA:
             b_ema.copy_(b)
 
 
-def library_versions() -> dict[str, str]:
-    import numpy
-
-    return {"python": platform.python_version(), "torch": str(torch.__version__), "numpy": numpy.__version__}
-
-
 def net_spec_for(cfg: TrainConfig, data: DataSpec) -> NetSpec:
     return NetSpec(
         arch=cfg.arch,
@@ -139,36 +98,6 @@ def open_source(cfg: TrainConfig, dry_run: bool) -> Source:
     return make_source(
         cfg.data, cfg.data_dir, seed=cfg.seed, image_size=cfg.image_size, channels=cfg.channels
     )
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load with weights_only=True: a checkpoint holds tensors and plain data, never arbitrary pickles."""
-    if not path.is_file():
-        raise ResumeError(f"{path}: no checkpoint found")
-    try:
-        state: dict[str, Any] = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ResumeError(f"{path}: unreadable checkpoint: {first_line}") from None
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise ResumeError(f"{path}: checkpoint format {state.get('format')!r}, expected {CHECKPOINT_FORMAT}")
-    return state
-
-
-def _check_resume(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
-    changed = [
-        f"{key} ({saved.get(key)!r} -> {value!r})"
-        for key, value in cfg.to_dict().items()
-        if key not in RESUMABLE and saved.get(key) != value
-    ]
-    if changed:
-        raise ResumeError(f"{path}: --resume with a different config: {', '.join(changed)}")
 
 
 def _one_hot(y: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -251,7 +180,7 @@ def train(
     if resume:
         # RNG states must stay CPU byte tensors; weights and optimizer state follow their parameters' device.
         state = load_checkpoint(ckpt_path, "cpu")
-        _check_resume(TrainConfig.from_saved(state["config"]).to_dict(), cfg, ckpt_path)
+        check_resume(state, cfg, ckpt_path)
         G.load_state_dict(state["G"])
         D.load_state_dict(state["D"])
         if ema is not None:
