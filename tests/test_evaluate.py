@@ -17,8 +17,8 @@ from service.manifest import Manifest, load_manifest
 from training.__main__ import main
 from training.data import make_source, ring8_means
 from training.evaluate import evaluate, report
-from training.evaluator import EVALUATOR_DIR, MIN_ACCURACY
 from training.export import to_onnx
+from training.feature_net import EVALUATOR_DIR, MIN_ACCURACY
 
 
 class PerfectRing(nn.Module):

@@ -229,7 +229,7 @@ def test_export_and_evaluation_stand_beside_the_loop() -> None:
     import subprocess
     import sys
 
-    code = "import sys, training.export, training.evaluate, training.evaluator; print('training.loop' in sys.modules)"
+    code = "import sys, training.export, training.evaluate, training.feature_net; print('training.loop' in sys.modules)"
     root = Path(__file__).resolve().parents[1]
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True

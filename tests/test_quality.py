@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from training.data import grid25_means, ring8_means
-from training.quality import (
+from training.metrics import (
     PERFECT_SPREAD,
     density_coverage,
     frechet_distance,

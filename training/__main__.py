@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(report(evaluate(args.model_dir, args.name, args.version, args.seeds, command)))
         elif args.command == "evaluator":
-            from training.evaluator import build
+            from training.feature_net import build
 
             info = build(args.data, args.epochs, args.seed, args.out, command)
             print(

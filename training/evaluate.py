@@ -29,8 +29,8 @@ from service.manifest import (
     save_manifest,
 )
 from training.data import MIXTURES, make_source
-from training.evaluator import FEATURE_SPACE, Evaluator
-from training.quality import (
+from training.feature_net import FEATURE_SPACE, Evaluator
+from training.metrics import (
     PERFECT_SPREAD,
     density_coverage,
     frechet_distance,
