@@ -14,7 +14,7 @@ import training.export as export_module
 from service.files import sha256_file
 from service.manifest import load_manifest
 from training.__main__ import main
-from training.export import PARITY_BATCHES, ExportError, export, load_generator
+from training.export import ONNX_OPSET, PARITY_BATCHES, ExportError, check_graph, export, load_generator
 
 
 def _session(path: Path) -> ort.InferenceSession:
@@ -43,10 +43,7 @@ def test_layout_and_manifest(exported: Path, conditional_run: Path) -> None:
     assert manifest.input_names == ["z", "c"] and manifest.output_names == ["x"]
     assert manifest.class_names == [str(d) for d in range(10)] and manifest.value_range == (-1.0, 1.0)
     assert 0 <= manifest.parity_max_abs_diff <= 1e-4
-    assert (
-        manifest.opset == onnx.load(str(exported / "model.onnx")).opset_import[0].version
-        or manifest.opset >= 18
-    )
+    assert manifest.opset == ONNX_OPSET == onnx.load(str(exported / "model.onnx")).opset_import[0].version
     provenance = manifest.training
     assert (provenance.preset, provenance.data, provenance.steps, provenance.seed) == ("cgan", "digits", 3, 0)
     assert provenance.config["batch_size"] == 16 and provenance.exported_weights == "ema"
@@ -107,6 +104,16 @@ def test_versions(vector_run: Path, tmp_path: Path) -> None:
         export(vector_run, tmp_path, "m", 0)
     raw, ema = (load_manifest(tmp_path / "m" / v / "manifest.json") for v in ("2", "1"))
     assert raw.training.exported_weights == "raw" and raw.onnx_sha256 != ema.onnx_sha256
+
+
+def test_a_graph_off_the_contract_is_refused_with_the_contract_message(
+    vector_run: Path, tmp_path: Path
+) -> None:
+    target = export(vector_run, tmp_path, "m")
+    with pytest.raises(ExportError, match=r"^z: dims \[8\] disagree with the manifest's \[9\]$"):
+        check_graph(target / "model.onnx", {"z_dim": 9, "num_classes": 0, "out_shape": [2]})
+    with pytest.raises(ExportError, match=r"graph inputs \['z'\] != expected \['z', 'c'\]"):
+        check_graph(target / "model.onnx", {"z_dim": 8, "num_classes": 3, "out_shape": [2]})
 
 
 def test_failed_parity_leaves_nothing(

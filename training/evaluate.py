@@ -27,6 +27,7 @@ from service.manifest import (
     QualityGate,
     load_manifest,
     save_manifest,
+    version_numbers,
 )
 from training.data import MIXTURES, make_source
 from training.feature_net import FEATURE_SPACE, Evaluator
@@ -171,10 +172,10 @@ def evaluate(
     """
     root = Path(model_dir) / name
     if version is None:
-        versions = [int(p.name) for p in root.glob("*") if p.is_dir() and p.name.isdigit()]
+        versions = version_numbers(root)
         if not versions:
             raise ValueError(f"{root}: no model versions")
-        version = max(versions)
+        version = versions[-1]
     path = root / str(version)
     manifest = load_manifest(path / MANIFEST_FILE)
     if sha256_file(path / ONNX_FILE) != manifest.onnx_sha256:

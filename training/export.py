@@ -16,13 +16,27 @@ import torch
 from torch import nn
 
 from service.files import sha256_file
-from service.manifest import MANIFEST_FILE, ONNX_FILE, Manifest, Provenance, save_manifest
+from service.manifest import (
+    MANIFEST_FILE,
+    ONNX_FILE,
+    Manifest,
+    Provenance,
+    SignatureError,
+    TensorSignature,
+    check_signature,
+    generator_signature,
+    save_manifest,
+    version_numbers,
+)
 from training.checkpoint import CHECKPOINT, load_checkpoint
 from training.device import library_versions
 from training.networks import NetSpec, build_generator
 
 PARITY_BATCHES = (1, 7, 64)
 PARITY_TOLERANCE = 1e-4
+# The ONNX opset every graph is written in (generators and evaluators): torch's default today, pinned so that
+# a torch upgrade cannot change the served graphs' opset unnoticed.
+ONNX_OPSET = 20
 
 
 class ExportError(RuntimeError):
@@ -53,8 +67,7 @@ def load_generator(run_dir: Path, weights: str = "ema") -> tuple[nn.Module, dict
 
 
 def next_version(model_root: Path) -> int:
-    versions = [int(p.name) for p in model_root.glob("*") if p.is_dir() and p.name.isdigit()]
-    return max(versions, default=0) + 1
+    return max(version_numbers(model_root), default=0) + 1
 
 
 def parity_inputs(spec: dict[str, Any], batch: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -70,7 +83,8 @@ def parity_inputs(spec: dict[str, Any], batch: int, seed: int = 0) -> dict[str, 
 def onnx_export(
     model: nn.Module, args: tuple[torch.Tensor, ...], path: Path, inputs: list[str], outputs: list[str]
 ) -> int:
-    """Single-file ONNX (dynamo exporter) with a dynamic batch axis on every input; returns the opset."""
+    """Single-file ONNX (dynamo exporter, opset ONNX_OPSET) with a dynamic batch axis on every input; returns
+    the opset the file declares."""
     import onnx
 
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
@@ -81,7 +95,8 @@ def onnx_export(
         warnings.simplefilter("ignore", UserWarning)
         torch.onnx.export(
             model, args, str(path), input_names=inputs, output_names=outputs,
-            dynamic_shapes={name: {0: batch} for name in inputs}, external_data=False, dynamo=True, verbose=False,
+            dynamic_shapes={name: {0: batch} for name in inputs}, opset_version=ONNX_OPSET, external_data=False,
+            dynamo=True, verbose=False,
         )  # fmt: skip
     graph = onnx.load(str(path))
     onnx.checker.check_model(graph)
@@ -96,26 +111,32 @@ def to_onnx(model: nn.Module, spec: dict[str, Any], path: Path) -> int:
     )
 
 
+def graph_signature(values: Any) -> list[TensorSignature]:
+    """ONNX ValueInfos (a graph's inputs or outputs) as the contract describes tensors; ONNX Runtime's NodeArgs
+    give the service the same."""
+    import onnx
+
+    signatures = []
+    for value in values:
+        tensor = value.type.tensor_type
+        dtype = (
+            "tensor(float)" if tensor.elem_type == onnx.TensorProto.FLOAT else f"elem_type {tensor.elem_type}"
+        )
+        shape = tuple(d.dim_param or (d.dim_value if d.dim_value > 0 else None) for d in tensor.shape.dim)
+        signatures.append(TensorSignature(value.name, dtype, shape))
+    return signatures
+
+
 def check_graph(path: Path, spec: dict[str, Any]) -> None:
     """The ONNX contract: inputs z [N, z_dim] (and c [N, num_classes]), output x [N, *shape], float32."""
     import onnx
 
     graph = onnx.load(str(path)).graph
-    want_inputs = {"z": spec["z_dim"]} | ({"c": spec["num_classes"]} if spec["num_classes"] else {})
-    found = {i.name: i for i in graph.input}
-    if list(found) != list(want_inputs) or [o.name for o in graph.output] != ["x"]:
-        raise ExportError(f"graph has inputs {list(found)} / outputs {[o.name for o in graph.output]}")
-    shapes = {name: (found[name], [width]) for name, width in want_inputs.items()}
-    shapes["x"] = (graph.output[0], list(spec["out_shape"]))
-    for name, (value, tail) in shapes.items():
-        tensor = value.type.tensor_type
-        dims = tensor.shape.dim
-        if tensor.elem_type != onnx.TensorProto.FLOAT:
-            raise ExportError(f"{name}: element type {tensor.elem_type}, expected float32")
-        if not dims[0].dim_param or dims[0].dim_value:
-            raise ExportError(f"{name}: batch axis is not dynamic")
-        if [d.dim_value for d in dims[1:]] != tail:
-            raise ExportError(f"{name}: dims {[d.dim_value for d in dims[1:]]}, expected {tail}")
+    expected = generator_signature(spec["z_dim"], spec["num_classes"], list(spec["out_shape"]))
+    try:
+        check_signature(graph_signature(graph.input), graph_signature(graph.output), expected)
+    except SignatureError as error:
+        raise ExportError(str(error)) from None
 
 
 def check_parity(model: nn.Module, spec: dict[str, Any], path: Path) -> float:
