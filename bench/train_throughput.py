@@ -31,14 +31,13 @@ def plain_loop(preset: str, steps: int, warmup: int, threads: int) -> dict[str, 
 
     from training.config import preset_config
     from training.data import make_source
-    from training.loop import net_spec_for
-    from training.networks import build_networks
+    from training.networks import NetSpec, build_networks
 
     torch.manual_seed(0)
     torch.set_num_threads(threads)
     cfg = preset_config(preset)
     source = make_source(cfg.data, cfg.data_dir, seed=cfg.seed)
-    spec = net_spec_for(cfg, source.spec)
+    spec = NetSpec.from_config(cfg, source.spec)
     netG, netD = build_networks(spec)
     if cfg.loss == "wgan-gp":
         return plain_wgan_gp(cfg, source, spec, netG, netD, steps, warmup)

@@ -19,6 +19,7 @@ from training.data import make_source, ring8_means
 from training.evaluate import evaluate, report
 from training.export import to_onnx
 from training.feature_net import EVALUATOR_DIR, MIN_ACCURACY
+from training.networks import NetSpec
 
 
 class PerfectRing(nn.Module):
@@ -37,7 +38,7 @@ class Collapsed(nn.Module):
 def export_toy(module: nn.Module, root: Path, name: str) -> Path:
     path = root / name / "1"
     path.mkdir(parents=True)
-    spec = {"z_dim": 10, "num_classes": 0}
+    spec = NetSpec(arch="mlp", kind="vector", out_shape=(2,), z_dim=10, num_classes=0)
     opset = to_onnx(module, spec, path / "model.onnx")
     manifest = Manifest(
         name=name, version=1, kind="vector", z_dim=10, num_classes=0, class_names=[], output_shape=[2],

@@ -1,4 +1,7 @@
-"""Training configuration: one frozen dataclass, presets as a data table, overrides by `replace`."""
+"""Training configuration: one frozen dataclass, presets as a data table, overrides by `replace`.
+
+Its network options are declared once, in `Architecture`, which the networks' NetSpec extends.
+"""
 
 from __future__ import annotations
 
@@ -18,23 +21,40 @@ Precision = Literal["auto", "fp32", "bf16"]
 GUpsample = Literal["transpose", "resize"]
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    preset: str
-    data: str
+@dataclass(frozen=True, kw_only=True)
+class Architecture:
+    """The network options, declared once: TrainConfig carries them (flat, as `--set` and config.json see
+    them) and NetSpec (training/networks.py) adds the data's shape to them for the networks."""
+
     arch: Arch
-    loss: LossName
-    conditional: bool = False
     z_dim: int = 100
     g_width: int = 64  # MLP: hidden units; DCGAN: ngf (channels of the last hidden layer)
     d_width: int = 64  # MLP: hidden units; DCGAN: ndf (channels of the first layer)
     mlp_layers: int = 2  # hidden layers in each MLP network
     g_layers: int | None = None  # hidden layers in the MLP G when it differs (0: affine sub-generators)
-    g_upsample: GUpsample = "transpose"  # DCGAN G: ConvTranspose (DCGAN) or "resize": nearest + 3x3 conv
-    # DCGAN: SNGAN's "standard CNN" pattern, a stride-1 3x3 conv after each D downsampling and at G's output
+    # DCGAN G's 2x upsampling: "transpose" (4x4 stride-2 ConvTranspose, as in DCGAN) or "resize" (nearest
+    # neighbour then a 3x3 conv, Odena et al. 2016: no checkerboard artefacts, ~2.25x the multiply-adds).
+    g_upsample: GUpsample = "transpose"
+    # SNGAN's "standard CNN" pattern (Miyato et al. 2018): a stride-1 3x3 conv after each of D's
+    # downsamplings, and G's last upsampling yields g_width/2 feature maps that a 3x3 conv turns into the image
+    # (DCGAN's G makes its image straight from a transposed conv). More layers at full resolution, for texture.
     extra_convs: bool = False
     spectral_norm: bool = False  # on every discriminator layer
     d_norm: DNorm = "batch"  # normalisation inside D (WGAN-GP needs a per-sample one: none or layer)
+    pack: int = 1  # PacGAN: D judges `pack` samples at once (unconditional D; MLP: features, DCGAN: channels)
+    g_mixture: int = 1  # MGAN: K MLP sub-generators, one chosen per sample from z[0] (unconditional MLPs)
+
+    @property
+    def g_hidden(self) -> int:
+        return self.mlp_layers if self.g_layers is None else self.g_layers
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(Architecture):
+    preset: str
+    data: str
+    loss: LossName
+    conditional: bool = False
     lr_g: float = 2e-4
     lr_d: float = 2e-4
     beta1: float = 0.5
@@ -44,8 +64,6 @@ class TrainConfig:
     n_critic: int = 1  # discriminator steps per generator step
     gp_lambda: float = 10.0
     r1_gamma: float = 0.0  # R1 penalty γ/2·E||∇D(x_real)||² (Mescheder et al. 2018); 0 disables
-    pack: int = 1  # PacGAN: D judges `pack` samples at once (unconditional D; DCGAN: stacked on channels)
-    g_mixture: int = 1  # MGAN: K MLP sub-generators, one chosen per sample from z[0] (unconditional MLPs)
     # MGAN's β: a classifier learns which sub-generator made each fake sample and G adds β × its
     # cross-entropy, so that two sub-generators on one mode are pushed apart. 0 disables; needs g_mixture > 1.
     mixture_beta: float = 0.0

@@ -12,7 +12,7 @@ import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 BUILTIN = ("ring8", "grid25", "fashion-mnist", "mnist", "stacked-mnist", "digits")
 SOURCES = (*BUILTIN, "folder", "npz")
 Split = Literal["train", "test"]
+Kind = Literal["image", "vector"]
 
 
 class DataError(ValueError):
@@ -44,10 +45,15 @@ class DataError(ValueError):
 @dataclass(frozen=True)
 class DataSpec:
     name: str
-    kind: Literal["image", "vector"]
+    kind: Kind
     shape: tuple[int, ...]  # one sample: (C, H, W) or (D,)
     num_classes: int
     class_names: tuple[str, ...]
+
+    @classmethod
+    def from_saved(cls, saved: dict[str, Any]) -> DataSpec:
+        """A checkpoint's `data_spec` dict (JSON-like: tuples may come back as lists)."""
+        return cls(**{**saved, "shape": tuple(saved["shape"]), "class_names": tuple(saved["class_names"])})
 
 
 def _step_generator(seed: int, step: int) -> torch.Generator:
@@ -378,7 +384,7 @@ def make_source(
         else:
             x, y = read_npz(Path(data_dir))
             classes = tuple(str(k) for k in range(int(y.max()) + 1)) if y is not None and len(y) else ()
-        kind: Literal["image", "vector"] = "image" if x.ndim == 4 else "vector"
+        kind: Kind = "image" if x.ndim == 4 else "vector"
         spec = DataSpec(name, kind, tuple(x.shape[1:]), len(classes), classes)
         return _tensor_source(spec, x, y, seed)
     raise DataError(f"unknown data source '{name}'; choose one of {list(SOURCES)}")

@@ -7,9 +7,10 @@ import os
 import shutil
 import tempfile
 import warnings
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -29,6 +30,8 @@ from service.manifest import (
     version_numbers,
 )
 from training.checkpoint import CHECKPOINT, load_checkpoint
+from training.config import TrainConfig
+from training.data import DataSpec
 from training.device import library_versions
 from training.networks import NetSpec, build_generator
 
@@ -54,29 +57,57 @@ class Generator(nn.Module):
         return self.G(z, c if self.conditional else None)
 
 
-def load_generator(run_dir: Path, weights: str = "ema") -> tuple[nn.Module, dict[str, Any]]:
+Weights = Literal["ema", "raw"]
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """What export reads from a checkpoint, typed at the boundary: the checkpoint stores plain dicts."""
+
+    cfg: TrainConfig
+    spec: NetSpec
+    data: DataSpec
+    step: int
+    wall_time_s: float
+    library_versions: dict[str, str]
+    train_command: str | None
+    segments: list[dict[str, Any]]
+    dry_run: bool
+    weights: Weights  # the generator weights loaded: raw where the run kept no EMA copy
+
+
+def load_generator(run_dir: Path, weights: Weights = "ema") -> tuple[nn.Module, TrainedRun]:
     """Rebuild G from the spec stored in the checkpoint and load the EMA (default) or raw weights."""
     state = load_checkpoint(Path(run_dir) / CHECKPOINT)
-    spec = NetSpec(**{**state["net_spec"], "out_shape": tuple(state["net_spec"]["out_shape"])})
+    spec = NetSpec.from_saved(state["net_spec"])
     G = build_generator(spec)
     if weights == "ema" and state["G_ema"] is None:
         weights = "raw"  # EMA disabled in this run (ema_decay = 0): the raw weights are the model
     G.load_state_dict(state["G_ema"] if weights == "ema" else state["G"])
-    state["exported_weights"] = weights
-    return Generator(G.eval(), spec.num_classes > 0).eval(), state
+    run = TrainedRun(
+        cfg=TrainConfig.from_saved(state["config"]),
+        spec=spec,
+        data=DataSpec.from_saved(state["data_spec"]),
+        step=state["step"],
+        wall_time_s=state["wall_time_s"],
+        library_versions=state["library_versions"],
+        train_command=state.get("train_command"),
+        segments=state.get("segments", []),  # checkpoints from before segments were kept have none
+        dry_run=bool(state.get("dry_run")),
+        weights=weights,
+    )
+    return Generator(G.eval(), spec.num_classes > 0).eval(), run
 
 
 def next_version(model_root: Path) -> int:
     return max(version_numbers(model_root), default=0) + 1
 
 
-def parity_inputs(spec: dict[str, Any], batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+def parity_inputs(spec: NetSpec, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed + batch)
-    feeds = {"z": rng.standard_normal((batch, spec["z_dim"]), dtype=np.float32)}
-    if spec["num_classes"]:
-        feeds["c"] = np.eye(spec["num_classes"], dtype=np.float32)[
-            rng.integers(spec["num_classes"], size=batch)
-        ]
+    feeds = {"z": rng.standard_normal((batch, spec.z_dim), dtype=np.float32)}
+    if spec.num_classes:
+        feeds["c"] = np.eye(spec.num_classes, dtype=np.float32)[rng.integers(spec.num_classes, size=batch)]
     return feeds
 
 
@@ -103,7 +134,7 @@ def onnx_export(
     return next(op.version for op in graph.opset_import if op.domain in ("", "ai.onnx"))
 
 
-def to_onnx(model: nn.Module, spec: dict[str, Any], path: Path) -> int:
+def to_onnx(model: nn.Module, spec: NetSpec, path: Path) -> int:
     """The generator's graph: inputs z (and c), output x."""
     example = parity_inputs(spec, 2)
     return onnx_export(
@@ -127,19 +158,19 @@ def graph_signature(values: Any) -> list[TensorSignature]:
     return signatures
 
 
-def check_graph(path: Path, spec: dict[str, Any]) -> None:
+def check_graph(path: Path, spec: NetSpec) -> None:
     """The ONNX contract: inputs z [N, z_dim] (and c [N, num_classes]), output x [N, *shape], float32."""
     import onnx
 
     graph = onnx.load(str(path)).graph
-    expected = generator_signature(spec["z_dim"], spec["num_classes"], list(spec["out_shape"]))
+    expected = generator_signature(spec.z_dim, spec.num_classes, list(spec.out_shape))
     try:
         check_signature(graph_signature(graph.input), graph_signature(graph.output), expected)
     except SignatureError as error:
         raise ExportError(str(error)) from None
 
 
-def check_parity(model: nn.Module, spec: dict[str, Any], path: Path) -> float:
+def check_parity(model: nn.Module, spec: NetSpec, path: Path) -> float:
     """Largest |torch - ONNX Runtime| over batches of 1, 7 and 64; the export fails above the tolerance."""
     try:
         import onnxruntime as ort
@@ -171,19 +202,60 @@ def export_versions() -> dict[str, str]:
     return versions | {"onnxruntime": onnxruntime.__version__}
 
 
+def build_manifest(
+    name: str,
+    version: int,
+    run: TrainedRun,
+    opset: int,
+    onnx_sha256: str,
+    parity: float,
+    command: str | None,
+) -> Manifest:
+    spec, cfg = run.spec, run.cfg
+    return Manifest(
+        name=name,
+        version=version,
+        kind=spec.kind,
+        z_dim=spec.z_dim,
+        num_classes=spec.num_classes,
+        class_names=list(run.data.class_names) if spec.num_classes else [],
+        output_shape=list(spec.out_shape),
+        value_range=(-1.0, 1.0) if spec.kind == "image" else None,
+        input_names=["z", "c"] if spec.num_classes else ["z"],
+        output_names=["x"],
+        opset=opset,
+        onnx_sha256=onnx_sha256,
+        created_at=datetime.now(UTC),
+        training=Provenance(
+            preset=cfg.preset,
+            data=cfg.data + (f":{cfg.data_dir}" if cfg.data_dir else ""),
+            steps=run.step,
+            seed=cfg.seed,
+            config=cfg.to_dict(),
+            wall_time_s=round(run.wall_time_s, 3),
+            library_versions={**run.library_versions, **library_versions(), **export_versions()},
+            train_command=run.train_command,
+            export_command=command,
+            exported_weights=run.weights,
+            segments=run.segments,
+            dry_run=run.dry_run,
+        ),
+        parity_max_abs_diff=parity,
+    )
+
+
 def export(
     run_dir: Path,
     model_dir: Path,
     name: str,
     version: int | None = None,
     *,
-    weights: str = "ema",
+    weights: Weights = "ema",
     command: str | None = None,
 ) -> Path:
     """Export and verify; returns the new version folder. Nothing is left behind when a check fails."""
     # Step 1. The generator, rebuilt from the checkpoint alone.
-    model, state = load_generator(run_dir, weights)
-    spec, cfg, data = state["net_spec"], state["config"], state["data_spec"]
+    model, run = load_generator(run_dir, weights)
     model_root = Path(model_dir) / name
     if version is None:
         version = next_version(model_root)
@@ -199,41 +271,12 @@ def export(
     scratch.chmod(0o755)  # mkdtemp makes 0700; the service may run as another user
     try:
         onnx_path = scratch / ONNX_FILE
-        opset = to_onnx(model, spec, onnx_path)
-        check_graph(onnx_path, spec)
-        parity = check_parity(model, spec, onnx_path)
+        opset = to_onnx(model, run.spec, onnx_path)
+        check_graph(onnx_path, run.spec)
+        parity = check_parity(model, run.spec, onnx_path)
 
         # Step 3. The manifest, with full provenance.
-        manifest = Manifest(
-            name=name,
-            version=version,
-            kind=spec["kind"],
-            z_dim=spec["z_dim"],
-            num_classes=spec["num_classes"],
-            class_names=list(data["class_names"]) if spec["num_classes"] else [],
-            output_shape=list(spec["out_shape"]),
-            value_range=(-1.0, 1.0) if spec["kind"] == "image" else None,
-            input_names=["z", "c"] if spec["num_classes"] else ["z"],
-            output_names=["x"],
-            opset=opset,
-            onnx_sha256=sha256_file(onnx_path),
-            created_at=datetime.now(UTC),
-            training=Provenance(
-                preset=cfg["preset"],
-                data=cfg["data"] + (f":{cfg['data_dir']}" if cfg["data_dir"] else ""),
-                steps=state["step"],
-                seed=cfg["seed"],
-                config=cfg,
-                wall_time_s=round(state["wall_time_s"], 3),
-                library_versions={**state["library_versions"], **library_versions(), **export_versions()},
-                train_command=state.get("train_command"),
-                export_command=command,
-                exported_weights=state["exported_weights"],
-                segments=state.get("segments", []),
-                dry_run=bool(state.get("dry_run")),
-            ),
-            parity_max_abs_diff=parity,
-        )
+        manifest = build_manifest(name, version, run, opset, sha256_file(onnx_path), parity, command)
         save_manifest(manifest, scratch / MANIFEST_FILE)
         os.replace(scratch, target)  # the version appears whole or not at all
     except BaseException:

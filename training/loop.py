@@ -26,7 +26,7 @@ from training.checkpoint import (
     save_checkpoint,
 )
 from training.config import TrainConfig
-from training.data import BUILTIN, MIXTURES, DataSpec, FakeSource, Source, builtin_spec, make_source
+from training.data import BUILTIN, MIXTURES, FakeSource, Source, builtin_spec, make_source
 from training.device import cpu_threads, library_versions, pick_device, use_bf16
 from training.losses import make_loss, r1_penalty
 from training.networks import ComponentClassifier, NetSpec, build_networks
@@ -70,26 +70,6 @@ class EMA:
             p_ema.lerp_(p.detach(), 1.0 - decay)
         for b_ema, b in zip(self.model.buffers(), G.buffers(), strict=True):
             b_ema.copy_(b)
-
-
-def net_spec_for(cfg: TrainConfig, data: DataSpec) -> NetSpec:
-    return NetSpec(
-        arch=cfg.arch,
-        kind=data.kind,
-        out_shape=tuple(data.shape),
-        z_dim=cfg.z_dim,
-        num_classes=data.num_classes if cfg.conditional else 0,
-        g_width=cfg.g_width,
-        d_width=cfg.d_width,
-        mlp_layers=cfg.mlp_layers,
-        spectral_norm=cfg.spectral_norm,
-        d_norm=cfg.d_norm,
-        pack=cfg.pack,
-        g_mixture=cfg.g_mixture,
-        g_layers=cfg.g_layers,
-        g_upsample=cfg.g_upsample,
-        extra_convs=cfg.extra_convs,
-    )
 
 
 def open_source(cfg: TrainConfig, dry_run: bool) -> Source:
@@ -159,7 +139,7 @@ def train(
     if dry_run:
         cfg = dataclasses.replace(cfg, steps=min(cfg.steps, 2), log_every=1, sample_every=2)
     source.batch(0, cfg.batch_size)  # fail fast on a data/batch mismatch; batches are pure, nothing changes
-    spec = net_spec_for(cfg, source.spec)
+    spec = NetSpec.from_config(cfg, source.spec)
 
     # Step 3. Networks, EMA copy of G, optimisers, objective.
     G, D = build_networks(spec)

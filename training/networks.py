@@ -8,45 +8,39 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
+from training.config import Architecture, TrainConfig
+from training.data import DataSpec, Kind
+
 DCGAN_SIZES = (8, 28, 32, 64)
 AFFINE_INIT_SCALE = 0.02
 
 
-@dataclass(frozen=True)
-class NetSpec:
-    """The architecture: stored inside the checkpoint, so export needs nothing else."""
+@dataclass(frozen=True, kw_only=True)
+class NetSpec(Architecture):
+    """The network options and the data's shape: stored inside the checkpoint, so export needs nothing else."""
 
-    arch: str  # "mlp" | "dcgan"
-    kind: str  # "image" | "vector"
+    kind: Kind
     out_shape: tuple[int, ...]  # one sample: (C, H, W) or (D,)
-    z_dim: int
-    num_classes: int
-    g_width: int
-    d_width: int
-    mlp_layers: int = 2
-    spectral_norm: bool = False
-    d_norm: str = "batch"  # "batch" | "layer" | "none"
-    pack: int = 1  # PacGAN: D sees `pack` samples concatenated (MLP: features; DCGAN: channels)
-    g_mixture: int = 1  # MLP G as K sub-generators, one picked per sample from z[0] (MGAN-style)
-    g_layers: int | None = None  # hidden layers of the MLP G; None: mlp_layers
-    # DCGAN G's 2x upsampling: "transpose" (4x4 stride-2 ConvTranspose, as in DCGAN) or "resize" (nearest
-    # neighbour then a 3x3 conv, Odena et al. 2016: no checkerboard artefacts, ~2.25x the multiply-adds).
-    g_upsample: str = "transpose"
-    # SNGAN's "standard CNN" pattern (Miyato et al. 2018): a stride-1 3x3 conv after each of D's
-    # downsamplings, and G's last upsampling yields g_width/2 feature maps that a 3x3 conv turns into the image
-    # (DCGAN's G makes its image straight from a transposed conv). More layers at full resolution, for texture.
-    extra_convs: bool = False
+    num_classes: int  # 0: unconditional
 
-    @property
-    def g_hidden(self) -> int:
-        return self.mlp_layers if self.g_layers is None else self.g_layers
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, data: DataSpec) -> NetSpec:
+        options = {f.name: getattr(cfg, f.name) for f in fields(Architecture)}
+        num_classes = data.num_classes if cfg.conditional else 0
+        return cls(**options, kind=data.kind, out_shape=tuple(data.shape), num_classes=num_classes)
+
+    @classmethod
+    def from_saved(cls, saved: dict[str, Any]) -> NetSpec:
+        """A checkpoint's `net_spec` dict, as every version has written it (JSON-like: out_shape a list)."""
+        return cls(**{**saved, "out_shape": tuple(saved["out_shape"])})
 
 
 def _sn(module: nn.Module, enabled: bool) -> nn.Module:
