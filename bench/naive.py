@@ -19,7 +19,7 @@ import uvicorn
 from fastapi import FastAPI, Response
 from PIL import Image
 
-from service.manifest import load_manifest
+from service.manifest import load_manifest, version_numbers
 from service.settings import BUNDLED_MODELS
 
 
@@ -64,9 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True)
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
-    versions = sorted((args.model_dir / args.model).iterdir(), key=lambda p: int(p.name))
+    newest = version_numbers(args.model_dir / args.model)[-1]
     uvicorn.run(
-        build_app(versions[-1]), host="127.0.0.1", port=args.port, log_level="warning", access_log=False
+        build_app(args.model_dir / args.model / str(newest)),
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        access_log=False,
     )
     return 0
 

@@ -24,7 +24,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper, shape_inference
 
-from service.manifest import load_manifest
+from service.manifest import load_manifest, version_dirs
 from service.settings import BUNDLED_MODELS
 
 DEFAULT_BATCHES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
@@ -120,14 +120,8 @@ def gemm_peak(threads: int, size: int = 1024, seconds: float = 1.0) -> dict[str,
 
 def bundled(model_dir: Path, names: list[str] | None) -> list[Path]:
     """The highest version of each model (or of the named ones)."""
-    chosen = []
-    for model in sorted(p for p in model_dir.iterdir() if p.is_dir()):
-        if names and model.name not in names:
-            continue
-        versions = sorted((p for p in model.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
-        if versions:
-            chosen.append(versions[-1])
-    return chosen
+    newest = {found.name: found.path for found in version_dirs(model_dir)}  # by version: the last one wins
+    return [path for name, path in newest.items() if not names or name in names]
 
 
 def feeds_for(manifest: Any, batch: int) -> dict[str, np.ndarray]:
