@@ -97,3 +97,27 @@ def test_r1_of_a_linear_critic_is_the_squared_weight_norm() -> None:
 
     w = torch.tensor([3.0, 4.0])
     assert r1_penalty(LinearCritic(w), torch.randn(8, 2), None).item() == pytest.approx(25.0)
+
+
+def test_the_terms_share_one_call_signature_and_carry_their_weight() -> None:
+    """R1 adds γ/2 · E||∇D(real)||² to D's loss; MGAN's term is the classifier's cross-entropy, β-weighted for G."""
+    from training.losses import R1, ComponentCrossEntropy, make_objectives
+
+    w = torch.tensor([3.0, 4.0])
+    r1 = R1(0.2)
+    assert r1.weight == pytest.approx(0.1) and r1(
+        LinearCritic(w), torch.randn(8, 2), None
+    ).item() == pytest.approx(25.0)
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
+    C = type("Fixed", (nn.Module,), {"forward": lambda self, x: logits})()
+    component = torch.tensor([0, 2])
+    mgan = ComponentCrossEntropy(1.5)
+    assert mgan.weight == 1.5
+    assert mgan(C, torch.zeros(2, 2), component).item() == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, component).item()
+    )
+    plain = make_objectives("hinge", 10.0, r1_gamma=0.0, mixture_beta=0.0)
+    assert isinstance(plain.gan, Hinge) and plain.r1 is None and plain.mgan is None
+    full = make_objectives("wgan-gp", 5.0, r1_gamma=1.0, mixture_beta=2.0)
+    assert isinstance(full.gan, WGANGP) and full.gan.gp_lambda == 5.0
+    assert full.r1 is not None and full.r1.weight == 0.5 and full.mgan is not None and full.mgan.weight == 2.0

@@ -28,7 +28,7 @@ from training.checkpoint import (
 from training.config import TrainConfig
 from training.data import BUILTIN, MIXTURES, FakeSource, Source, builtin_spec, make_source
 from training.device import cpu_threads, library_versions, pick_device, use_bf16
-from training.losses import make_loss, r1_penalty
+from training.losses import make_objectives
 from training.networks import ComponentClassifier, NetSpec, build_networks
 from training.preview import save_preview
 
@@ -141,14 +141,14 @@ def train(
     source.batch(0, cfg.batch_size)  # fail fast on a data/batch mismatch; batches are pure, nothing changes
     spec = NetSpec.from_config(cfg, source.spec)
 
-    # Step 3. Networks, EMA copy of G, optimisers, objective.
+    # Step 3. Networks, EMA copy of G, optimisers, objectives.
     G, D = build_networks(spec)
     G.to(device).train()
     D.to(device).train()
     ema = EMA(G, cfg.ema_decay) if cfg.ema_decay > 0 else None
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
-    loss = make_loss(cfg.loss, cfg.gp_lambda)
+    objectives = make_objectives(cfg.loss, cfg.gp_lambda, cfg.r1_gamma, cfg.mixture_beta)
     # MGAN's classifier over the sub-generators, trained with D's learning rate.
     C = ComponentClassifier(spec).to(device).train() if cfg.mixture_beta > 0 else None
     opt_c = torch.optim.Adam(C.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2)) if C else None
@@ -255,15 +255,15 @@ def train(
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                         with torch.no_grad():
                             x_fake = G(z, c)
-                        d_loss = loss.d_loss(D, x_real, x_fake, c)
-                        if cfg.r1_gamma > 0:
-                            d_loss = d_loss + cfg.r1_gamma / 2 * r1_penalty(D, x_real, c)
+                        d_loss = objectives.gan.d_loss(D, x_real, x_fake, c)
+                        if objectives.r1 is not None:
+                            d_loss = d_loss + objectives.r1.weight * objectives.r1(D, x_real, c)
                     opt_d.zero_grad(set_to_none=True)
                     d_loss.backward()
                     opt_d.step()
-                    if C is not None and opt_c is not None:
+                    if objectives.mgan is not None and opt_c is not None:
                         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                            c_loss = F.cross_entropy(C(x_fake), G.component(z))
+                            c_loss = objectives.mgan(C, x_fake, G.component(z))
                         opt_c.zero_grad(set_to_none=True)
                         c_loss.backward()
                         opt_c.step()
@@ -271,9 +271,10 @@ def train(
                 z, c = latents(None)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     x_fake = G(z, c)
-                    g_loss = loss.g_loss(D, x_fake, c)
-                    if C is not None:
-                        g_loss = g_loss + cfg.mixture_beta * F.cross_entropy(C(x_fake), G.component(z))
+                    g_loss = objectives.gan.g_loss(D, x_fake, c)
+                    if objectives.mgan is not None:
+                        term = objectives.mgan(C, x_fake, G.component(z))
+                        g_loss = g_loss + objectives.mgan.weight * term
                 opt_g.zero_grad(set_to_none=True)
                 g_loss.backward()
                 opt_g.step()

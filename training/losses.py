@@ -1,9 +1,14 @@
 """GAN objectives: one small class each, with the same interface `d_loss(D, real, fake, c)` / `g_loss(D, fake, c)`.
 
 D returns raw logits (or critic values) of shape (N,); `fake` is already detached for `d_loss`.
+
+The terms that a network's loss adds (R1 for D, MGAN's classifier term for G) are small classes too, each
+called as `term(net, x, y)` and added as `term.weight × term(net, x, y)`.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -71,10 +76,42 @@ def gradient_penalty(
 
 
 def r1_penalty(D: nn.Module, real: Tensor, c: Tensor | None) -> Tensor:
-    """E||∇ₓD(x)||² on real data (Mescheder et al. 2018); the loop adds γ/2 times it to the D loss."""
+    """E||∇ₓD(x)||² on real data (Mescheder et al. 2018): the `R1` term."""
     real = real.detach().requires_grad_(True)
     (grad,) = torch.autograd.grad(D(real, c).sum(), real, create_graph=True)
     return grad.pow(2).flatten(1).sum(1).mean()
+
+
+class Term:
+    """A term of a network's loss, added as `weight × term(net, x, y)`: `net` judges the samples `x`, `y` is
+    what they are conditioned on or labelled with."""
+
+    weight: float
+
+    def __call__(self, net: nn.Module, x: Tensor, y: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+
+class R1(Term):
+    """R1 (Mescheder et al. 2018): E||∇ₓD(x, c)||² on real data; D's loss adds γ/2 times it."""
+
+    def __init__(self, gamma: float) -> None:
+        self.weight = gamma / 2
+
+    def __call__(self, D: nn.Module, real: Tensor, c: Tensor | None) -> Tensor:
+        return r1_penalty(D, real, c)
+
+
+class ComponentCrossEntropy(Term):
+    """MGAN's classifier term (Hoang et al. 2018): the cross-entropy of a classifier C that names the
+    sub-generator (`component`) of each fake sample. C minimises it; G's loss adds β times it, which pushes
+    two sub-generators that sit on the same mode apart."""
+
+    def __init__(self, beta: float) -> None:
+        self.weight = beta
+
+    def __call__(self, C: nn.Module, fake: Tensor, component: Tensor | None) -> Tensor:
+        return F.cross_entropy(C(fake), component)
 
 
 class WGANGP(Loss):
@@ -105,3 +142,20 @@ def make_loss(name: str, gp_lambda: float = 10.0) -> Loss:
     if name not in losses:
         raise ValueError(f"unknown loss '{name}'; choose one of {sorted(losses)}")
     return losses[name]
+
+
+@dataclass(frozen=True)
+class Objectives:
+    """What training minimises: the GAN loss, and the terms D's and G's losses add where they are enabled."""
+
+    gan: Loss
+    r1: R1 | None = None  # D's
+    mgan: ComponentCrossEntropy | None = None  # C's loss, and G's
+
+
+def make_objectives(loss: str, gp_lambda: float, r1_gamma: float, mixture_beta: float) -> Objectives:
+    return Objectives(
+        make_loss(loss, gp_lambda),
+        R1(r1_gamma) if r1_gamma > 0 else None,
+        ComponentCrossEntropy(mixture_beta) if mixture_beta > 0 else None,
+    )
