@@ -3,8 +3,10 @@ need (weights, optimiser and RNG states, counters, the resolved config and the n
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import pickle
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,9 @@ import torch
 
 from service.files import atomic_write_bytes
 from training.config import TrainConfig
+from training.data import DataSpec
+from training.device import library_versions
+from training.networks import NetSpec
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
@@ -56,3 +61,75 @@ def check_resume(state: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
     ]
     if changed:
         raise ResumeError(f"{path}: --resume with a different config: {', '.join(changed)}")
+
+
+@dataclass
+class RunRecord:
+    """What a run has done, as its checkpoint records it: generator steps, training wall time, every command
+    that shaped the weights, and one segment per invocation that trained (with what `auto` resolved to)."""
+
+    step: int = 0
+    wall_time_s: float = 0.0
+    command: str | None = None
+    segments: list[dict[str, Any]] = field(default_factory=list)  # the earlier invocations'
+    where: dict[str, Any] = field(default_factory=dict)  # this invocation's device, precision, threads
+    first_step: int = 0  # where this invocation began
+    first_wall: float = 0.0
+
+    @classmethod
+    def resumed(cls, state: dict[str, Any], command: str | None, where: dict[str, Any]) -> RunRecord:
+        step, wall_time_s = state["step"], state["wall_time_s"]
+        # Provenance keeps every command that shaped the weights: the first run and each resume.
+        command = " && ".join(c for c in (state.get("train_command"), command) if c) or None
+        segments = list(state.get("segments", []))  # checkpoints from before segments were kept have none
+        return cls(step, wall_time_s, command, segments, where, step, wall_time_s)
+
+    def all_segments(self) -> list[dict[str, Any]]:
+        """The earlier segments, and this invocation's once it has trained a step."""
+        if self.step <= self.first_step:
+            return self.segments
+        span = {
+            "from_step": self.first_step,
+            "to_step": self.step,
+            "wall_time_s": round(self.wall_time_s - self.first_wall, 3),
+        }
+        return [*self.segments, span | self.where]
+
+
+def rng_state(latent_gen: torch.Generator) -> dict[str, Any]:
+    cuda = torch.cuda.get_rng_state_all() if latent_gen.device.type == "cuda" else []
+    return {"torch": torch.get_rng_state(), "cuda": cuda, "latent": latent_gen.get_state()}
+
+
+def restore_rng(rng: dict[str, Any], latent_gen: torch.Generator) -> None:
+    torch.set_rng_state(rng["torch"])
+    if latent_gen.device.type == "cuda" and rng["cuda"]:
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    latent_gen.set_state(rng["latent"])
+
+
+def checkpoint_state(
+    cfg: TrainConfig,
+    spec: NetSpec,
+    data: DataSpec,
+    networks: dict[str, Any],
+    record: RunRecord,
+    latent_gen: torch.Generator,
+    dry_run: bool,
+) -> dict[str, Any]:
+    """The checkpoint's layout (CHECKPOINT_FORMAT); `networks` are the state dicts G, D, G_ema, opt_g, opt_d,
+    C and opt_c (None where a run has no such part)."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "step": record.step,
+        "wall_time_s": record.wall_time_s,
+        "config": cfg.to_dict(),
+        "net_spec": dataclasses.asdict(spec),
+        "data_spec": dataclasses.asdict(data),
+        **networks,
+        "rng": rng_state(latent_gen),
+        "train_command": record.command,
+        "segments": record.all_segments(),
+        "dry_run": dry_run,
+        "library_versions": library_versions(),
+    }

@@ -1,4 +1,5 @@
-"""Preview images of a generator's output: a tiled grid for images, a scatter plot for 2-D points."""
+"""Preview images of a generator's output: a tiled grid for images, a scatter plot for 2-D points, drawn from
+fixed latents every `sample_every` steps."""
 
 from __future__ import annotations
 
@@ -6,7 +7,13 @@ import math
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw
+from torch import nn
+
+from training.data import MIXTURES
+from training.networks import NetSpec
 
 
 def image_grid(x: np.ndarray, nrow: int, pad: int = 2) -> Image.Image:
@@ -46,3 +53,29 @@ def save_preview(x: np.ndarray, path: Path, nrow: int, means: np.ndarray | None 
     path.parent.mkdir(parents=True, exist_ok=True)
     picture = scatter(x, means) if x.ndim == 2 else image_grid(x, nrow)
     picture.save(path)
+
+
+def preview_latents(
+    seed: int, spec: NetSpec, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Fixed latents for preview grids, drawn from their own generator so training RNG is untouched."""
+    gen = torch.Generator().manual_seed(seed + 1_000_000_007)
+    if spec.kind == "vector":
+        n, c = 2500, None
+    elif spec.num_classes:
+        classes = min(spec.num_classes, 10)
+        n = classes * 10
+        c = F.one_hot(torch.arange(classes).repeat_interleave(10), spec.num_classes).float().to(device)
+    else:
+        n, c = 64, None
+    return torch.randn(n, spec.z_dim, generator=gen).to(device), c
+
+
+@torch.no_grad()
+def write_preview(G: nn.Module, z: torch.Tensor, c: torch.Tensor | None, path: Path, data_name: str) -> None:
+    was_training = G.training
+    G.eval()  # eval: BatchNorm uses (and does not update) its running statistics
+    x = G(z, c).float().cpu().numpy()
+    G.train(was_training)
+    means = MIXTURES[data_name][0]().numpy() if data_name in MIXTURES else None
+    save_preview(x, path, nrow=10 if c is not None else 8, means=means)

@@ -1,0 +1,148 @@
+"""One training step, and what it updates: the networks with their optimisers and the EMA copy of G, and
+the latents it draws."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from training.config import TrainConfig
+from training.data import Source
+from training.losses import Objectives
+from training.networks import ComponentClassifier, NetSpec, build_networks
+
+
+class EMA:
+    """Exponential moving average of G; the decay ramps up as (1 + t) / (10 + t) so short runs are not stuck at init."""
+
+    def __init__(self, G: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(G).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, G: nn.Module, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for p_ema, p in zip(self.model.parameters(), G.parameters(), strict=True):
+            p_ema.lerp_(p.detach(), 1.0 - decay)
+        for b_ema, b in zip(self.model.buffers(), G.buffers(), strict=True):
+            b_ema.copy_(b)
+
+
+@dataclass
+class Nets:
+    """Everything that learns, with its optimiser: G, D, the EMA copy of G, and MGAN's classifier C
+    (present when mixture_beta > 0; `Objectives.mgan` then trains it, with D's learning rate)."""
+
+    G: nn.Module
+    D: nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    ema: EMA | None = None
+    C: nn.Module | None = None
+    opt_c: torch.optim.Optimizer | None = None
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, spec: NetSpec, device: torch.device) -> Nets:
+        G, D = build_networks(spec)
+        G.to(device).train()
+        D.to(device).train()
+        ema = EMA(G, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        betas = (cfg.beta1, cfg.beta2)
+        opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=betas)
+        opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=betas)
+        C = ComponentClassifier(spec).to(device).train() if cfg.mixture_beta > 0 else None
+        opt_c = torch.optim.Adam(C.parameters(), lr=cfg.lr_d, betas=betas) if C is not None else None
+        return cls(G, D, opt_g, opt_d, ema, C, opt_c)
+
+    @property
+    def sampler(self) -> nn.Module:
+        return self.ema.model if self.ema is not None else self.G
+
+    def parts(self) -> dict[str, Any]:
+        """Each part under its checkpoint key; None where this run has no such part."""
+        G_ema = self.ema.model if self.ema is not None else None
+        nets = {"G": self.G, "D": self.D, "G_ema": G_ema}
+        return nets | {"opt_g": self.opt_g, "opt_d": self.opt_d, "C": self.C, "opt_c": self.opt_c}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {key: part.state_dict() if part is not None else None for key, part in self.parts().items()}
+
+    def load_state_dict(self, state: dict[str, Any], cfg: TrainConfig) -> None:
+        """Weights and optimiser states as saved; the learning rates as `cfg` says (a resume may set new ones)."""
+        for key, part in self.parts().items():
+            if part is not None:
+                part.load_state_dict(state[key])
+        for optimizer, lr in ((self.opt_g, cfg.lr_g), (self.opt_d, cfg.lr_d), (self.opt_c, cfg.lr_d)):
+            for group in optimizer.param_groups if optimizer is not None else ():
+                group["lr"] = lr
+
+
+class Latents:
+    """z for a batch, and c: the given labels one-hot, or uniformly drawn ones for conditional G; from their
+    own generator, whose state the checkpoint keeps."""
+
+    def __init__(self, spec: NetSpec, batch_size: int, generator: torch.Generator) -> None:
+        self.spec, self.batch_size, self.generator = spec, batch_size, generator
+        self.device = generator.device
+
+    def __call__(self, labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        n, num_classes = self.batch_size, self.spec.num_classes
+        z = torch.randn(n, self.spec.z_dim, device=self.device, generator=self.generator)
+        if not num_classes:
+            return z, None
+        if labels is None:
+            labels = torch.randint(num_classes, (n,), device=self.device, generator=self.generator)
+        return z, F.one_hot(labels.to(self.device), num_classes).float()
+
+
+def _update(optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def train_step(
+    step: int,
+    cfg: TrainConfig,
+    source: Source,
+    nets: Nets,
+    objectives: Objectives,
+    latents: Latents,
+    bf16: bool,
+) -> dict[str, Tensor]:
+    """n_critic D updates on a real batch and a detached fake batch with the same labels (MGAN's classifier
+    learns on each fake batch), then one G update on freshly drawn labels; returns the last losses."""
+    G, D, device = nets.G, nets.D, latents.device
+    losses: dict[str, Tensor] = {}
+    for i in range(cfg.n_critic):
+        x_real, y_real = source.batch(step * cfg.n_critic + i, cfg.batch_size)
+        x_real = x_real.to(device, non_blocking=True)
+        z, c = latents(y_real)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            with torch.no_grad():
+                x_fake = G(z, c)
+            losses["d_loss"] = objectives.gan.d_loss(D, x_real, x_fake, c)
+            if objectives.r1 is not None:
+                losses["d_loss"] = losses["d_loss"] + objectives.r1.weight * objectives.r1(D, x_real, c)
+        _update(nets.opt_d, losses["d_loss"])
+        if objectives.mgan is not None:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                losses["c_loss"] = objectives.mgan(nets.C, x_fake, G.component(z))
+            _update(nets.opt_c, losses["c_loss"])
+
+    z, c = latents()
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        x_fake = G(z, c)
+        losses["g_loss"] = objectives.gan.g_loss(D, x_fake, c)
+        if objectives.mgan is not None:
+            term = objectives.mgan(nets.C, x_fake, G.component(z))
+            losses["g_loss"] = losses["g_loss"] + objectives.mgan.weight * term
+    _update(nets.opt_g, losses["g_loss"])
+    if nets.ema is not None:
+        nets.ema.update(G, step)
+    return {name: losses[name] for name in ("d_loss", "g_loss", "c_loss") if name in losses}
