@@ -10,16 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from training.data import (
-    FASHION_MNIST_DIR,
-    DataError,
-    make_source,
-    read_folder,
-    read_idx,
-    read_idx_pair,
-    read_npz,
-    ring8_means,
-)
+from training.data import FASHION_MNIST_DIR, make_source, ring8_means
+from training.readers import DataError, read_folder, read_idx, read_idx_pair, read_npz
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> Path:

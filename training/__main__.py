@@ -12,9 +12,10 @@ from pathlib import Path
 from service.manifest import Manifest
 from training.checkpoint import CHECKPOINT, ResumeError
 from training.config import PRESETS, TrainConfig, parse_overrides, preset_config
-from training.data import SOURCES, DataError
+from training.data import SOURCES
 from training.export import ExportError, export
 from training.loop import train
+from training.readers import DataError
 
 
 def _parser() -> argparse.ArgumentParser:
