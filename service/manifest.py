@@ -75,6 +75,58 @@ class Evaluation(BaseModel):
     wall_time_s: float = Field(ge=0)
 
 
+def gate_results(gates: list[QualityGate], metrics: dict[str, float]) -> list[GateResult]:
+    """Each gate against `metrics`; a gate whose metric is missing fails."""
+    results = []
+    for gate in gates:
+        value = metrics.get(gate.metric)
+        passed = value is not None and (
+            value <= gate.threshold if gate.op == "<=" else value >= gate.threshold
+        )
+        results.append(GateResult(**gate.model_dump(), value=value, passed=passed))
+    return results
+
+
+ENCODER_FILE = "encoder.onnx"
+
+
+class Encoder(BaseModel):
+    """The optional encoder beside the generator, for editing: `z = E(x)`, or `z, logits = E(x, c)`.
+
+    Conditional models: input `c` is the image's one-hot class; an all-zero row means "unknown", and the
+    encoder then uses its own prediction (the argmax of `logits`) in its place. Its metrics and gates are its
+    own: a failing encoder refuses editing for the version, never its generation.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    file: Literal["encoder.onnx"] = "encoder.onnx"
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    input_names: list[str]
+    output_names: list[str]
+    parity_max_abs_diff: float = Field(ge=0)
+    training: dict[str, Any] = Field(default_factory=dict)  # command, steps, wall time, config, losses
+    metrics: dict[str, float] = Field(default_factory=dict)
+    gates: list[QualityGate] = Field(default_factory=list)
+    evaluation: Evaluation | None = None
+
+    def gate_results(self) -> list[GateResult]:
+        return gate_results(self.gates, self.metrics)
+
+
+class Direction(BaseModel):
+    """A named direction in z (unit length): `z + strength * vector` moves a sample toward `target`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    vector: list[float]
+    strength: float = Field(description="the strength at which `metrics` were measured")
+    target: str | None = Field(None, description="the evaluator class it moves toward, if any")
+    method: str = Field(description="how it was found, e.g. 'interfacegan-logistic'")
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
 class Manifest(BaseModel):
     """Everything the service needs to know about one exported generator version."""
 
@@ -101,6 +153,8 @@ class Manifest(BaseModel):
     metrics: dict[str, float] = Field(default_factory=dict)
     gates: list[QualityGate] = Field(default_factory=list)
     evaluation: Evaluation | None = None
+    encoder: Encoder | None = None
+    directions: list[Direction] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Manifest:
@@ -127,7 +181,25 @@ class Manifest(BaseModel):
         for gate in self.gates:
             if gate.metric not in self.metrics and self.metrics:
                 raise ValueError(f"gate on '{gate.metric}' but metrics has no such entry")
+        self._check_editing()
         return self
+
+    def _check_editing(self) -> None:
+        if self.encoder is not None:
+            inputs, outputs = self.encoder_signature()
+            if self.encoder.input_names != list(inputs) or self.encoder.output_names != list(outputs):
+                raise ValueError(
+                    f"encoder input_names/output_names must be {list(inputs)}/{list(outputs)} "
+                    f"for num_classes={self.num_classes}"
+                )
+        names = [d.name for d in self.directions]
+        if len(set(names)) != len(names):
+            raise ValueError(f"direction names must be unique, got {names}")
+        for direction in self.directions:
+            if len(direction.vector) != self.z_dim:
+                raise ValueError(
+                    f"direction '{direction.name}' has {len(direction.vector)} entries; z_dim is {self.z_dim}"
+                )
 
     @property
     def conditional(self) -> bool:
@@ -137,16 +209,14 @@ class Manifest(BaseModel):
         """The generator graph this manifest promises (see `check_signature`)."""
         return generator_signature(self.z_dim, self.num_classes, self.output_shape)
 
+    def encoder_signature(self) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+        """The encoder graph: x [N, *output_shape] (and c [N, K]) -> z [N, z_dim] (and logits [N, K])."""
+        classes = {"c": [self.num_classes]} if self.num_classes else {}
+        logits = {"logits": [self.num_classes]} if self.num_classes else {}
+        return {"x": list(self.output_shape)} | classes, {"z": [self.z_dim]} | logits
+
     def gate_results(self) -> list[GateResult]:
-        """Each gate against `metrics`; a gate whose metric is missing fails."""
-        results = []
-        for gate in self.gates:
-            value = self.metrics.get(gate.metric)
-            passed = value is not None and (
-                value <= gate.threshold if gate.op == "<=" else value >= gate.threshold
-            )
-            results.append(GateResult(**gate.model_dump(), value=value, passed=passed))
-        return results
+        return gate_results(self.gates, self.metrics)
 
 
 def _describe(error: ValidationError, source: str) -> str:
