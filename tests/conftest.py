@@ -1,38 +1,36 @@
-"""Shared fixtures: tiny configurations and tiny trained runs, real files and real ONNX graphs."""
+"""Shared fixtures: tiny trained runs and their exported models (real files and real ONNX graphs), and a real
+service process. The plain helpers they use are in tests/support.py."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from training.config import TrainConfig, preset_config
-from training.loop import train
+from tests.support import TINY, running_service, tiny_config
 
-TINY = dict(g_width=8, d_width=8, batch_size=16, log_every=1, sample_every=1000, checkpoint_every=1000)
+__all__ = ["TINY", "tiny_config"]  # still importable from here, as tests/test_loop.py and test_export.py do
 
 
-def tiny_config(preset: str, **overrides: Any) -> TrainConfig:
-    """A preset shrunk to seconds of CPU time; overrides win."""
-    z_dim = 8 if preset in ("mlp", "toy2d") else 16
-    return preset_config(preset, **{**TINY, "z_dim": z_dim, **overrides})
+def _trained(factory: pytest.TempPathFactory, name: str, preset: str, data: str) -> Path:
+    from training.loop import train  # torch is imported by the tests that need a trained run, not by all
+
+    run_dir = factory.mktemp(name)
+    train(tiny_config(preset, data=data, steps=3), run_dir, progress=False)
+    return run_dir
 
 
 @pytest.fixture(scope="session")
 def conditional_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A conditional DCGAN trained for 3 real steps on sklearn's 8x8 digits."""
-    run_dir = tmp_path_factory.mktemp("cgan-run")
-    train(tiny_config("cgan", data="digits", steps=3), run_dir, progress=False)
-    return run_dir
+    return _trained(tmp_path_factory, "cgan-run", "cgan", "digits")
 
 
 @pytest.fixture(scope="session")
 def vector_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An unconditional MLP trained for 3 steps on the 2-D ring."""
-    run_dir = tmp_path_factory.mktemp("toy-run")
-    train(tiny_config("toy2d", data="ring8", steps=3), run_dir, progress=False)
-    return run_dir
+    return _trained(tmp_path_factory, "toy-run", "toy2d", "ring8")
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +42,11 @@ def model_dir(conditional_run: Path, vector_run: Path, tmp_path_factory: pytest.
     export(conditional_run, root, "digits")
     export(vector_run, root, "ring")
     return root
+
+
+@pytest.fixture(scope="module")
+def bundled_service() -> Iterator[str]:
+    """`python -m service` with its default settings (the bundled models) on a free 127.0.0.1 port, shared by
+    the tests of one module that neither reconfigure nor stop it: yields its URL."""
+    with running_service() as (url, _):
+        yield url

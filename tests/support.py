@@ -1,0 +1,152 @@
+"""Plain helpers the tests share (the fixtures built on them are in conftest.py).
+
+Waiting: tests wait for a *state* (`wait_until`, `eventually`), with a deadline that fails loudly, never for a
+stretch of wall time assumed to be long enough.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import onnxruntime as ort
+
+from bench.load import free_port, running_service
+from service.batcher import Batcher
+
+if TYPE_CHECKING:
+    from training.config import TrainConfig
+
+__all__ = [
+    "ROOT",
+    "TINY",
+    "Hold",
+    "asgi_client",
+    "eventually",
+    "free_port",
+    "running_service",
+    "session_provider",
+    "tiny_config",
+    "wait_until",
+]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# --- training --------------------------------------------------------------------------------------------
+
+TINY = dict(g_width=8, d_width=8, batch_size=16, log_every=1, sample_every=1000, checkpoint_every=1000)
+
+
+def tiny_config(preset: str, **overrides: Any) -> TrainConfig:
+    """A preset shrunk to seconds of CPU time; overrides win."""
+    from training.config import preset_config  # torch only for the tests that train
+
+    z_dim = 8 if preset in ("mlp", "toy2d") else 16
+    return preset_config(preset, **{**TINY, "z_dim": z_dim, **overrides})
+
+
+# --- waiting for a state ---------------------------------------------------------------------------------
+
+
+def _message(what: str | Callable[[], str]) -> str:
+    return what if isinstance(what, str) else what()
+
+
+def wait_until(
+    condition: Callable[[], bool],
+    seconds: float,
+    what: str | Callable[[], str] = "the condition",
+    interval: float = 0.05,
+) -> None:
+    """Poll `condition` until it holds; an AssertionError naming `what` once `seconds` have passed."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {seconds:g} s waiting for {_message(what)}")
+        time.sleep(interval)
+
+
+async def eventually(
+    condition: Callable[[], bool | Awaitable[bool]],
+    seconds: float = 30.0,
+    what: str | Callable[[], str] = "the condition",
+    interval: float = 0.001,
+) -> None:
+    """`wait_until` inside an event loop: yields to the loop between polls (the condition may be async)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        held = condition()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {seconds:g} s waiting for {_message(what)}")
+        await asyncio.sleep(interval)
+
+
+# --- the service in-process ------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def asgi_client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """The app's lifespan (models loaded, batchers started) and an httpx client that calls it in-process."""
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://t") as client,
+    ):
+        yield client
+
+
+class Hold:
+    """A batcher whose inference waits at a gate, to fill its queue deterministically.
+
+    `entered` counts the batches that have reached the model (and wait there until `gate` is set).
+    """
+
+    def __init__(self, batcher: Batcher) -> None:
+        self.batcher = batcher
+        self.gate = threading.Event()
+        self.entered = 0
+        lock, real = threading.Lock(), batcher._infer
+
+        def held(feeds: Any) -> Any:
+            with lock:
+                self.entered += 1
+            self.gate.wait(30)
+            return real(feeds)
+
+        batcher._infer = held
+
+    async def until(self, entered: int, queued: int) -> None:
+        """Wait until `entered` batches are held in the model and `queued` rows wait behind them."""
+        await eventually(
+            lambda: self.entered == entered and self.batcher.queued_rows == queued,
+            what=lambda: (
+                f"{entered} batches held and {queued} rows queued "
+                f"(now {self.entered} and {self.batcher.queued_rows})"
+            ),
+        )
+
+
+# --- ONNX Runtime ----------------------------------------------------------------------------------------
+
+
+def session_provider(onnx: Path, device: str = "auto") -> str:
+    """The provider ONNX Runtime itself runs `onnx` on, asked as the service asks for `device` (CUDA first,
+    CPU as the fallback; CPU only for "cpu"): what a truthful service reports, GPU or not."""
+    wanted = (
+        ["CPUExecutionProvider"] if device == "cpu" else ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    available = ort.get_available_providers()
+    session = ort.InferenceSession(str(onnx), providers=[p for p in wanted if p in available])
+    provider: str = session.get_providers()[0]
+    return provider
