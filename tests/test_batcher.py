@@ -10,25 +10,54 @@ import numpy as np
 import pytest
 
 from service.batcher import Batcher, BatchFailed, DeadlineExceeded, Draining, QueueFull
+from tests.support import eventually
 
 
 class Model:
-    """Doubles its input; records batch sizes; can be held busy or made to fail."""
+    """Doubles its input; records batch sizes and when it was called; can be held busy or made to fail.
+
+    `started` counts the batches that reached the model, held at `gate` or not.
+    """
 
     def __init__(self) -> None:
         self.batches: list[int] = []
         self.seen: list[float] = []
+        self.called_at: list[float] = []
+        self.started = 0
+        self._lock = threading.Lock()
         self.gate = threading.Event()
         self.gate.set()
         self.fail = False
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        self.gate.wait(10)
+        with self._lock:
+            self.started += 1
+            self.called_at.append(time.monotonic())
+        self.gate.wait(30)
         if self.fail:
             raise RuntimeError("boom")
         self.batches.append(len(feeds["z"]))
         self.seen.extend(feeds["z"][:, 0].tolist())
         return feeds["z"] * 2
+
+
+def held_and_queued(batcher: Batcher, model: Model, held: int, queued: int) -> Awaitable[None]:
+    """Wait until `held` batches have reached the (held) model and `queued` rows wait behind them."""
+    return eventually(
+        lambda: model.started == held and batcher.queued_rows == queued,
+        what=lambda: (
+            f"{held} batches held and {queued} rows queued (now {model.started}, {batcher.queued_rows})"
+        ),
+    )
+
+
+async def drain_then_release(batcher: Batcher, model: Model) -> bool:
+    """Start a drain while the model is held, check that it waits, then release the model; its result."""
+    draining = asyncio.ensure_future(batcher.drain(30.0))
+    await eventually(lambda: batcher._closed, what="the drain to close intake")
+    assert not draining.done()  # the held work is not finished, so neither is the drain
+    model.gate.set()
+    return await draining
 
 
 def rows(start: int, n: int) -> dict[str, np.ndarray]:
@@ -54,30 +83,38 @@ def test_split_and_merge() -> None:
         model.gate.clear()  # hold the worker so everything queues first
         big = asyncio.ensure_future(batcher.submit(rows(0, 10), 10, 5))
         small = [asyncio.ensure_future(batcher.submit(rows(100 + i, 1), 1, 5)) for i in range(3)]
-        await asyncio.sleep(0.01)
+        await held_and_queued(batcher, model, held=1, queued=9)  # big's first 4 rows in the model
         model.gate.set()
         out = await big
         np.testing.assert_array_equal(out, rows(0, 10)["z"] * 2)  # reassembled in order across batches
         for i, task in enumerate(small):
             np.testing.assert_array_equal(await task, rows(100 + i, 1)["z"] * 2)
         assert sum(model.batches) == 13 and max(model.batches) == 4
-        assert model.batches[-2:] == [4, 3] or 4 in model.batches  # the tail of `big` merged with the n=1s
+        # The tail of `big` (rows 8, 9) merged with the first two n=1s into one full batch; the last n=1 alone.
+        assert model.batches == [4, 4, 4, 1]
+        assert model.seen == [*range(10), 100, 101, 102]
 
     run(test)
 
 
 def test_full_batch_closes_at_once_and_partial_after_the_wait() -> None:
-    async def test(batcher: Batcher, model: Model) -> tuple[float, float]:
-        started = time.monotonic()
-        await batcher.submit(rows(0, 4), 4, 5)  # max_batch_rows: no waiting
-        full = time.monotonic() - started
-        started = time.monotonic()
-        await batcher.submit(rows(0, 1), 1, 5)  # waits max_wait_s for company
-        partial = time.monotonic() - started
-        return full, partial
+    """With max_wait_s = 30 and a 5 s deadline, only a batch that closed without waiting is computed; then
+    with max_wait_s = 0.2, a lone row is computed alone, and not before its wait has passed."""
 
-    full, partial = run(test, max_wait_s=0.2)
-    assert full < 0.1 and 0.19 <= partial < 1.0
+    async def test(batcher: Batcher, model: Model) -> float:
+        out = await batcher.submit(rows(0, 4), 4, 5)  # max_batch_rows: no waiting
+        np.testing.assert_array_equal(out, rows(0, 4)["z"] * 2)
+        assert model.batches == [4]
+        batcher.max_wait_s = 0.2
+        submitted = time.monotonic()
+        await batcher.submit(rows(10, 1), 1, 5)  # waits max_wait_s for company, none comes
+        assert model.batches == [4, 1]
+        return model.called_at[-1] - submitted
+
+    waited = run(test, max_wait_s=30.0)
+    # A lower bound the batcher guarantees however loaded the machine (asyncio may fire a timer a clock
+    # tick early, hence the margin); no upper bound: a slow machine only waits longer.
+    assert waited >= 0.2 - 1e-3
 
 
 def test_an_error_reaches_every_request_of_the_batch() -> None:
@@ -94,10 +131,10 @@ def test_cancelled_requests_are_not_computed() -> None:
     async def test(batcher: Batcher, model: Model) -> None:
         model.gate.clear()
         first = asyncio.ensure_future(batcher.submit(rows(0, 4), 4, 5))  # occupies the worker
-        await asyncio.sleep(0.01)
+        await held_and_queued(batcher, model, held=1, queued=0)
         gone = asyncio.ensure_future(batcher.submit(rows(50, 2), 2, 5))
         kept = asyncio.ensure_future(batcher.submit(rows(60, 1), 1, 5))
-        await asyncio.sleep(0.01)
+        await held_and_queued(batcher, model, held=1, queued=3)
         gone.cancel()  # the client went away while queued
         model.gate.set()
         await first
@@ -112,9 +149,11 @@ def test_deadline_passes_while_queued() -> None:
     async def test(batcher: Batcher, model: Model) -> None:
         model.gate.clear()
         first = asyncio.ensure_future(batcher.submit(rows(0, 4), 4, 5))
-        await asyncio.sleep(0.01)
+        await held_and_queued(batcher, model, held=1, queued=0)
         late = asyncio.ensure_future(batcher.submit(rows(9, 1), 1, 0.05))
-        await asyncio.sleep(0.1)
+        await held_and_queued(batcher, model, held=1, queued=1)
+        queued_by = time.monotonic()
+        await eventually(lambda: time.monotonic() > queued_by + 0.05, what="late's deadline to pass")
         model.gate.set()
         await first
         with pytest.raises(DeadlineExceeded):
@@ -129,9 +168,9 @@ def test_full_queue_gives_a_retry_after_from_the_drain_rate() -> None:
         model.gate.clear()
         batcher.rows_per_s = 10.0  # as if measured: 10 rows per second
         held = [asyncio.ensure_future(batcher.submit(rows(0, 4), 4, 30))]
-        await asyncio.sleep(0.01)
+        await held_and_queued(batcher, model, held=1, queued=0)
         held += [asyncio.ensure_future(batcher.submit(rows(i, 10), 10, 30)) for i in range(3)]
-        await asyncio.sleep(0.01)
+        await held_and_queued(batcher, model, held=1, queued=30)
         assert batcher.queued_rows == 30
         with pytest.raises(QueueFull) as error:
             await batcher.submit(rows(0, 5), 5, 30)  # 30 + 5 > 32
@@ -150,9 +189,8 @@ def test_drain_finishes_queued_work_then_refuses() -> None:
     async def test(batcher: Batcher, model: Model) -> None:
         model.gate.clear()
         queued = [asyncio.ensure_future(batcher.submit(rows(i, 3), 3, 5)) for i in range(4)]
-        await asyncio.sleep(0.01)
-        threading.Timer(0.05, model.gate.set).start()
-        assert await batcher.drain(5.0)
+        await held_and_queued(batcher, model, held=1, queued=8)
+        assert await drain_then_release(batcher, model)
         assert all(task.done() and task.exception() is None for task in queued)
         with pytest.raises(Draining):
             await batcher.submit(rows(0, 1), 1, 5)
@@ -164,8 +202,8 @@ def test_drain_timeout_fails_what_is_left() -> None:
     async def test(batcher: Batcher, model: Model) -> None:
         model.gate.clear()
         tasks = [asyncio.ensure_future(batcher.submit(rows(i, 4), 4, 5)) for i in range(3)]
-        await asyncio.sleep(0.01)
-        assert not await batcher.drain(0.05)
+        await held_and_queued(batcher, model, held=1, queued=8)
+        assert not await batcher.drain(0.05)  # the model stays held: the drain cannot finish
         model.gate.set()
         results = await asyncio.gather(*tasks, return_exceptions=True)
         assert any(isinstance(r, Draining) for r in results)
@@ -206,7 +244,7 @@ def test_runners_compute_batches_at_once_and_reassemble_in_order() -> None:
     """With 2 runners two batches are in flight together; a request split across them comes back in order."""
     in_flight, most, calls = 0, 0, 0
     lock = threading.Lock()
-    both_started = threading.Barrier(2, timeout=5)
+    both_started = threading.Barrier(2, timeout=30)
 
     def infer(feeds: dict[str, np.ndarray]) -> np.ndarray:
         nonlocal in_flight, most, calls
@@ -238,9 +276,8 @@ def test_drain_waits_for_every_batch_in_flight() -> None:
     async def test(batcher: Batcher, model: Model) -> None:
         model.gate.clear()
         work = [asyncio.ensure_future(batcher.submit(rows(4 * i, 4), 4, 5)) for i in range(3)]
-        await asyncio.sleep(0.05)  # two batches held in the runners, one queued
-        threading.Timer(0.2, model.gate.set).start()
-        assert await batcher.drain(5) is True
+        await held_and_queued(batcher, model, held=2, queued=4)  # two batches held in the runners, one queued
+        assert await drain_then_release(batcher, model) is True
         assert all(w.done() and not w.exception() for w in work)
 
     run(test, runners=2)
