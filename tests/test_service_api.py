@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import shutil
 import subprocess
-import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,14 +18,21 @@ from PIL import Image
 
 from service.main import create_app
 from service.settings import Settings
+from tests.support import Hold, asgi_client, eventually, session_provider
 
-ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = {"max_n": 256}
 
 
 @pytest.fixture(scope="module")
 def client(model_dir: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(model_dir=model_dir, max_n=256))) as test_client:
+    with TestClient(create_app(Settings(model_dir=model_dir, **SETTINGS))) as test_client:
         yield test_client
+
+
+@pytest.fixture(scope="module")
+def provider(model_dir: Path) -> str:
+    """What ONNX Runtime runs the `digits` graph on under the client's device policy: CPU, or CUDA on a GPU."""
+    return session_provider(model_dir / "digits" / "1" / "model.onnx", Settings(**SETTINGS).device)
 
 
 def npy(response: httpx.Response) -> np.ndarray:
@@ -36,7 +44,7 @@ def npy(response: httpx.Response) -> np.ndarray:
 # --- /generate ---
 
 
-def test_generate_png_with_provenance(client: TestClient, model_dir: Path) -> None:
+def test_generate_png_with_provenance(client: TestClient, provider: str) -> None:
     response = client.post("/generate", json={"model": "digits", "n": 3, "seed": 11, "labels": "7"})
     body = response.json()
     assert response.status_code == 200 and body["format"] == "png"
@@ -45,8 +53,7 @@ def test_generate_png_with_provenance(client: TestClient, model_dir: Path) -> No
         body["onnx_sha256"] == client.get("/models/digits").json()["versions"][0]["manifest"]["onnx_sha256"]
     )
     assert body["labels"] == [7, 7, 7] and body["shape"] == [1, 8, 8]
-    assert body["provider"] == "CPUExecutionProvider"
-    import base64
+    assert body["provider"] == provider
 
     with Image.open(io.BytesIO(base64.b64decode(body["images"][0]))) as image:
         assert image.size == (8, 8) and image.mode == "L"
@@ -115,11 +122,7 @@ def test_labels_by_name_index_list_and_default_cycle(client: TestClient) -> None
 
 
 async def _burst(app: Any, requests: list[dict[str, Any]]) -> list[bytes]:
-    transport = httpx.ASGITransport(app=app)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://t") as c,
-    ):
+    async with asgi_client(app) as c:
         responses = await asyncio.gather(*(c.post("/generate", json=r) for r in requests))
     assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
     return [r.content for r in responses]
@@ -199,18 +202,16 @@ def test_augment_per_class_ratio_png_and_unconditional(client: TestClient) -> No
 # --- models, health, metrics ---
 
 
-def test_models_listing(client: TestClient) -> None:
+def test_models_listing(client: TestClient, provider: str) -> None:
     models = {m["name"]: m for m in client.get("/models").json()["models"]}
     assert set(models) == {"digits", "ring"}
     version = models["digits"]["versions"][0]
-    assert (
-        version["status"] == "ready" and version["default"] and version["provider"] == "CPUExecutionProvider"
-    )
+    assert version["status"] == "ready" and version["default"] and version["provider"] == provider
     assert version["manifest"]["num_classes"] == 10 and models["digits"]["default_version"] == 1
     assert client.get("/healthz").json() == {"status": "ok"} and client.get("/readyz").status_code == 200
 
 
-def test_metrics_exposition_passes_promtool(client: TestClient) -> None:
+def test_metrics_exposition_passes_promtool(client: TestClient, provider: str) -> None:
     client.post("/generate", json={"model": "ring", "n": 3, "seed": 1})
     client.post("/generate", json={"model": "ring", "n": 99999})
     text = client.get("/metrics").text
@@ -220,7 +221,7 @@ def test_metrics_exposition_passes_promtool(client: TestClient) -> None:
         assert f"\n{name}" in text, name
     assert 'gan_requests_total{endpoint="/generate",model="ring",status="200"}' in text
     assert 'gan_rejections_total{model="ring",reason="invalid"}' in text
-    assert 'provider="CPUExecutionProvider"' in text
+    assert f'gan_model_info{{model="digits",provider="{provider}",' in text
     assert shutil.which("promtool"), "promtool comes with Debian's prometheus package (.ci/run installs it)"
     check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
@@ -290,19 +291,6 @@ def test_malformed_json(client: TestClient) -> None:
     assert response.status_code == 422 and "JSON" in response.json()["detail"]
 
 
-def _hold(app: Any, name: str) -> threading.Event:
-    """Make a model's inference wait on an event, to fill its queue deterministically."""
-    batcher = app.state.gan.repository.get(name).batcher
-    gate, real = threading.Event(), batcher._infer
-
-    def held(feeds: Any) -> Any:
-        gate.wait(10)
-        return real(feeds)
-
-    batcher._infer = held
-    return gate
-
-
 def test_overload_gets_429_with_computed_retry_after(model_dir: Path) -> None:
     settings = Settings(
         model_dir=model_dir,
@@ -317,20 +305,16 @@ def test_overload_gets_429_with_computed_retry_after(model_dir: Path) -> None:
 
     async def scenario() -> tuple[list[int], httpx.Response]:
         app = create_app(settings)
-        transport = httpx.ASGITransport(app=app)
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(transport=transport, base_url="http://t") as c,
-        ):
-            gate = _hold(app, "ring")
-            app.state.gan.repository.get("ring").batcher.rows_per_s = 10.0  # as if measured
+        async with asgi_client(app) as c:
+            hold = Hold(app.state.gan.repository.get("ring").batcher)
+            hold.batcher.rows_per_s = 10.0  # as if measured
             body = {"model": "ring", "n": 10, "seed": 1, "format": "npy"}
             accepted = []
-            for _ in range(4):  # one at a time: the first 8 rows go to the (held) worker, 32 wait
+            for queued in (2, 12, 22, 32):  # one at a time: the first 8 rows go to the (held) worker, 32 wait
                 accepted.append(asyncio.ensure_future(c.post("/generate", json=body)))
-                await asyncio.sleep(0.1)
+                await hold.until(entered=1, queued=queued)
             refused = await c.post("/generate", json=body)  # 32 + 10 > 40
-            gate.set()
+            hold.gate.set()
             return [r.status_code for r in await asyncio.gather(*accepted)], refused
 
     statuses, refused = asyncio.run(scenario())
@@ -341,21 +325,23 @@ def test_overload_gets_429_with_computed_retry_after(model_dir: Path) -> None:
 
 
 def test_deadline_gives_504(model_dir: Path) -> None:
+    timeout_s = 0.5
+
     async def scenario() -> list[httpx.Response]:
         app = create_app(
-            Settings(model_dir=model_dir, request_timeout_s=0.1, max_batch_rows=4, max_wait_ms=0, runners=1)
+            Settings(
+                model_dir=model_dir, request_timeout_s=timeout_s, max_batch_rows=4, max_wait_ms=0, runners=1
+            )
         )
-        transport = httpx.ASGITransport(app=app)
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(transport=transport, base_url="http://t") as c,
-        ):
-            gate = _hold(app, "ring")
+        async with asgi_client(app) as c:
+            hold = Hold(app.state.gan.repository.get("ring").batcher)
             first = asyncio.ensure_future(c.post("/generate", json={"model": "ring", "n": 4}))
-            await asyncio.sleep(0.05)
+            await hold.until(entered=1, queued=0)
             late = asyncio.ensure_future(c.post("/generate", json={"model": "ring", "n": 1}))
-            await asyncio.sleep(0.3)
-            gate.set()
+            await hold.until(entered=1, queued=1)
+            queued_by = time.monotonic()
+            await eventually(lambda: time.monotonic() > queued_by + timeout_s, what="its deadline to pass")
+            hold.gate.set()
             return list(await asyncio.gather(first, late))
 
     first, late = asyncio.run(scenario())
@@ -375,16 +361,12 @@ def test_draining_gives_503(model_dir: Path) -> None:
 def test_a_request_whose_client_left_is_not_computed(model_dir: Path) -> None:
     async def scenario() -> tuple[float, float, list[dict[str, Any]]]:
         app = create_app(Settings(model_dir=model_dir, max_batch_rows=4, max_wait_ms=0, runners=1))
-        transport = httpx.ASGITransport(app=app)
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(transport=transport, base_url="http://t") as c,
-        ):
-            gate = _hold(app, "ring")
+        async with asgi_client(app) as c:
+            hold = Hold(app.state.gan.repository.get("ring").batcher)
             busy = asyncio.ensure_future(
                 c.post("/generate", json={"model": "ring", "n": 4})
             )  # occupies the worker
-            await asyncio.sleep(0.05)
+            await hold.until(entered=1, queued=0)
             left, messages = asyncio.Event(), [{"type": "http.request", "body": b'{"model": "ring", "n": 3}'}]
             sent: list[dict[str, Any]] = []
 
@@ -403,10 +385,10 @@ def test_a_request_whose_client_left_is_not_computed(model_dir: Path) -> None:
                 "server": ("t", 80), "client": ("c", 1), "root_path": "",
             }  # fmt: skip
             request = asyncio.ensure_future(app(scope, receive, send))
-            await asyncio.sleep(0.05)
+            await hold.until(entered=1, queued=3)
             left.set()  # the client hangs up while its rows wait behind the busy batch
             await request
-            gate.set()
+            hold.gate.set()
             assert (await busy).status_code == 200
             metrics = app.state.gan.metrics
             computed = metrics.batch_rows.labels("ring")._sum.get()

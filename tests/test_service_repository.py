@@ -12,6 +12,7 @@ from service import runtime
 from service.files import sha256_file
 from service.main import create_app
 from service.settings import BUNDLED_MODELS, Settings
+from tests.support import session_provider
 
 
 def corrupt_truncated(path: Path) -> None:
@@ -65,20 +66,27 @@ def test_a_bad_version_fails_alone(case: str, model_dir: Path, tmp_path: Path) -
         assert 'status="failed"' in client.get("/metrics").text
 
 
-def test_gan_device_cuda_without_a_gpu_is_not_ready(model_dir: Path) -> None:
+def test_gan_device_cuda_is_ready_only_on_cuda(model_dir: Path) -> None:
+    """GAN_DEVICE=cuda promises the GPU: without one (the session falls back to CPU) the service is not ready
+    and says why; where the session really gets CUDA it is ready. Either way it reports the real provider."""
+    provider = session_provider(model_dir / "ring" / "1" / "model.onnx", "cuda")
     with TestClient(create_app(Settings(model_dir=model_dir, device="cuda"))) as client:
         ready = client.get("/readyz")
-        assert ready.status_code == 503
-        reasons = ready.json()["models"]
-        assert "GAN_DEVICE=cuda but the session runs on CPUExecutionProvider" in reasons["ring:1"]
         version = client.get("/models/ring").json()["versions"][0]
-        assert version["provider"] == "CPUExecutionProvider"  # what the session really uses
+        assert version["provider"] == provider  # what the session really uses
+        if provider == "CUDAExecutionProvider":
+            assert ready.status_code == 200 and version["status"] == "ready"
+        else:
+            assert ready.status_code == 503
+            reasons = ready.json()["models"]
+            assert f"GAN_DEVICE=cuda but the session runs on {provider}" in reasons["ring:1"]
 
 
-def test_auto_falls_back_to_cpu_and_says_so(model_dir: Path) -> None:
+def test_auto_serves_on_the_provider_it_got_and_says_so(model_dir: Path) -> None:
+    provider = session_provider(model_dir / "digits" / "1" / "model.onnx", "auto")
     with TestClient(create_app(Settings(model_dir=model_dir, device="auto"))) as client:
         assert client.get("/readyz").status_code == 200
-        assert client.get("/models/digits").json()["versions"][0]["provider"] == "CPUExecutionProvider"
+        assert client.get("/models/digits").json()["versions"][0]["provider"] == provider
 
 
 def test_exactly_one_onnxruntime_package(monkeypatch: pytest.MonkeyPatch) -> None:
