@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ PROTECTED = [
 
 
 @pytest.fixture
-def keyed(model_dir: Path, tmp_path: Path) -> TestClient:
+def keyed(model_dir: Path, tmp_path: Path) -> Iterator[TestClient]:
     keys = tmp_path / "keys"
     keys.write_text(f"# one key per line\n\n{OTHER_KEY}\n   # indented comment\n")
     with TestClient(create_app(Settings(model_dir=model_dir, api_key=KEY, api_keys_file=keys))) as client:

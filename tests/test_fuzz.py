@@ -66,7 +66,7 @@ def test_schemathesis_finds_an_undocumented_server_error(tmp_path: Path) -> None
     port = free_port()
     server = subprocess.Popen([sys.executable, "-c", code, str(port)])
     try:
-        wait_until(lambda: port_open(port), 30)
+        wait_until(lambda: port_open(port), 30, "the server to listen")
         result = subprocess.run(
             [sys.executable, "-m", "schemathesis.cli", "run", f"http://127.0.0.1:{port}/openapi.json",
              "--checks", "not_a_server_error", "--max-examples", "200", "--seed", "1", "--no-color",

@@ -19,7 +19,7 @@ class Exploit:
 
 def test_a_checkpoint_carrying_code_is_refused(tmp_path: Path) -> None:
     """Checkpoints load with weights_only=True: a pickle that would run code is an error, not an exploit."""
-    from training.loop import ResumeError, load_checkpoint
+    from training.checkpoint import ResumeError, load_checkpoint
 
     path = tmp_path / "checkpoint.pt"
     torch.save(
