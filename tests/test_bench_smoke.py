@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench.load import main
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import ROOT
 
 
 def test_load_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,7 +13,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -24,12 +23,11 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
-from bench.load import free_port, running_service
-from service.main import create_app
 from service.copy_models import copy_models
+from service.main import create_app
 from service.settings import Settings
+from tests.support import ROOT, free_port, wait_until
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 OVERLAYS = ["k8s/overlays/cpu", "k8s/overlays/gpu", "k8s/training"]
 DOCKERFILES = {
@@ -237,18 +235,20 @@ def test_service_images_health_check_drain_and_device() -> None:
     )
 
 
-def test_healthcheck_module_against_a_live_and_a_dead_service() -> None:
-    with running_service() as (url, _):
-        port = url.rsplit(":", 1)[1]
-        env = {"GAN_PORT": port, "PATH": ""}
-        live = subprocess.run([sys.executable, "-m", "service.healthcheck"], cwd=ROOT, env=env)
-        ready = subprocess.run([sys.executable, "-m", "service.healthcheck", "/readyz"], cwd=ROOT, env=env)
-        missing = subprocess.run(
-            [sys.executable, "-m", "service.healthcheck", "/nope"], cwd=ROOT, env=env, capture_output=True
-        )
+def test_healthcheck_module_against_a_live_and_a_dead_service(bundled_service: str) -> None:
+    port = bundled_service.rsplit(":", 1)[1]
+    env = {"GAN_PORT": port, "PATH": ""}
+    live = subprocess.run([sys.executable, "-m", "service.healthcheck"], cwd=ROOT, env=env)
+    ready = subprocess.run([sys.executable, "-m", "service.healthcheck", "/readyz"], cwd=ROOT, env=env)
+    missing = subprocess.run(
+        [sys.executable, "-m", "service.healthcheck", "/nope"], cwd=ROOT, env=env, capture_output=True
+    )
     assert (live.returncode, ready.returncode, missing.returncode) == (0, 0, 1)
-    dead = subprocess.run(
-        [sys.executable, "-m", "service.healthcheck"], cwd=ROOT, env={"GAN_PORT": port}, capture_output=True
+    dead = subprocess.run(  # nothing listens on a free port
+        [sys.executable, "-m", "service.healthcheck"],
+        cwd=ROOT,
+        env={"GAN_PORT": str(free_port())},
+        capture_output=True,
     )
     assert dead.returncode == 1
 
@@ -393,11 +393,12 @@ def query(prometheus: str, expr: str) -> float | None:
     return float(result[0]["value"][1]) if result else None
 
 
-def test_a_real_prometheus_scrapes_the_service_with_the_repository_config() -> None:
+def test_a_real_prometheus_scrapes_the_service_with_the_repository_config(bundled_service: str) -> None:
     config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
-    with running_service() as (url, _), tempfile.TemporaryDirectory() as scratch:
+    url = bundled_service
+    with tempfile.TemporaryDirectory() as scratch:
         # The repository's scrape config, only the target moved to the test's service.
-        config["global"]["scrape_interval"] = "1s"
+        config["global"]["scrape_interval"] = "250ms"
         config["scrape_configs"][0]["static_configs"][0]["targets"] = [url.removeprefix("http://")]
         config_file = Path(scratch) / "prometheus.yml"
         config_file.write_text(yaml.safe_dump(config))
@@ -423,16 +424,16 @@ def test_a_real_prometheus_scrapes_the_service_with_the_repository_config() -> N
                 'up{job="gan-service"}': 1,
             }
             seen: dict[str, float | None] = {}
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
+
+            def scraped() -> bool:
+                nonlocal seen
                 try:
                     seen = {expr: query(prometheus, expr) for expr in wanted}
                 except httpx.TransportError:
                     seen = {}
-                if seen == wanted:
-                    break
-                time.sleep(0.5)
-            assert seen == wanted
+                return seen == wanted
+
+            wait_until(scraped, 60, lambda: f"Prometheus to report {wanted}; it reports {seen}", interval=0.2)
         finally:
             process.terminate()
             process.wait(timeout=30)
