@@ -29,6 +29,10 @@ class ClientGone(Exception):
     """The client disconnected before its rows were computed."""
 
 
+class EditingUnavailable(Exception):
+    """The version has no ready encoder: it generates, but cannot edit (the message says why)."""
+
+
 @dataclass(frozen=True)
 class Problem:
     """How one failure is answered; `reason` labels gan_rejections_total (None: not a rejection)."""
@@ -68,6 +72,8 @@ def problem_of(error: Exception, state: AppState) -> Problem | None:
             return Problem(500, str(error), reason="inference_error")
         case ClientGone():
             return Problem(499, "client closed the request", reason="client_gone")
+        case EditingUnavailable():
+            return Problem(409, str(error), "model", reason="no_encoder")
     return None
 
 
@@ -120,6 +126,7 @@ ANSWERED = (
     Draining,
     BatchFailed,
     ClientGone,
+    EditingUnavailable,
 )
 
 

@@ -23,6 +23,7 @@ ENDPOINTS = {
     "/generate",
     "/interpolate",
     "/augment",
+    "/edit",
     "/models",
     "/healthz",
     "/readyz",

@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from service.auth import key_ring
+from service.edit_route import router as edit_router
 from service.errors import install_error_handlers
 from service.fastpath import FastGenerate
 from service.gate import PROBES, Gate
@@ -16,10 +19,25 @@ from service.metrics import Metrics
 from service.repository import Repository
 from service.routes import router
 from service.runtime import check_single_runtime
+from service.schemas import EditRequest
 from service.settings import Settings
 from service.state import AppState
 
 log = logging.getLogger("service")
+
+
+def openapi_with_bodies(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema, plus the bodies of routes that read their own (/edit: JSON or multipart)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        body = EditRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(body.pop("$defs", {}))
+        components["EditRequest"] = body
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -46,6 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.gan = state
     app.include_router(router)
+    app.include_router(edit_router)
+    app.openapi = lambda: openapi_with_bodies(app)  # type: ignore[method-assign]
     install_error_handlers(app, state)
     fast = FastGenerate(app, state) if settings.fast_path else None
     app.add_middleware(Gate, state=state, keys=keys, fast=fast)

@@ -87,7 +87,12 @@ def gate_results(gates: list[QualityGate], metrics: dict[str, float]) -> list[Ga
     return results
 
 
-ENCODER_FILE = "encoder.onnx"
+def gate_problem(gates: list[QualityGate], metrics: dict[str, float]) -> str | None:
+    """Why these metrics do not pass these gates (None: they pass)."""
+    if not metrics or not gates:
+        return "no quality metrics or gates in the manifest (run `python -m training evaluate`)"
+    failed = [g for g in gate_results(gates, metrics) if not g.passed]
+    return "; ".join(f"{g.metric} = {g.value} fails {g.op} {g.threshold:g}" for g in failed) or None
 
 
 class Encoder(BaseModel):

@@ -156,7 +156,10 @@ def interpolate_plan(body: InterpolateRequest, manifest: Manifest, settings: Set
 
 def augment_field(body: AugmentRequest) -> str:
     """The field that carries the request's plan (errors about the set's size name it)."""
-    return "n" if body.n is not None else ("per_class" if body.per_class is not None else "class_counts")
+    for name in ("n", "per_class", "variations_of"):
+        if getattr(body, name) is not None:
+            return name
+    return "class_counts"
 
 
 def augment_counts(body: AugmentRequest, manifest: Manifest) -> np.ndarray:
@@ -186,10 +189,8 @@ def augment_counts(body: AugmentRequest, manifest: Manifest) -> np.ndarray:
     return planned.astype(np.int64)
 
 
-def augment_plan(body: AugmentRequest, manifest: Manifest, settings: Settings, seed: int) -> Plan:
-    """One page of a deterministic labelled set: row j has latent (seed, j) and the j-th class of the plan."""
-    counts = augment_counts(body, manifest)
-    total = int(counts.sum())
+def page_rows(body: AugmentRequest, total: int, settings: Settings, manifest: Manifest) -> int:
+    """Rows in the requested page of a set of `total` rows, after every limit on the set and the page."""
     if total > settings.max_augment_rows:
         raise PlanError(
             f"the set would have {total} rows; at most {settings.max_augment_rows} (GAN_MAX_AUGMENT_ROWS)",
@@ -203,6 +204,14 @@ def augment_plan(body: AugmentRequest, manifest: Manifest, settings: Settings, s
     check_limit(limit, settings.max_page_rows, "limit", "GAN_MAX_PAGE_ROWS")
     rows = min(limit, total - body.offset)
     check_response_size(settings, manifest, rows, body.format, "limit")
+    return rows
+
+
+def augment_plan(body: AugmentRequest, manifest: Manifest, settings: Settings, seed: int) -> Plan:
+    """One page of a deterministic labelled set: row j has latent (seed, j) and the j-th class of the plan."""
+    counts = augment_counts(body, manifest)
+    total = int(counts.sum())
+    rows = page_rows(body, total, settings, manifest)
     index = np.arange(body.offset, body.offset + rows)
     y = np.repeat(np.arange(len(counts)), counts)[index] if manifest.num_classes else None
     feeds = sample_feeds(seed, body.offset, rows, manifest, body.truncation, y)

@@ -13,6 +13,7 @@ from typing import Literal
 import numpy as np
 
 from service.batcher import Batcher, Feeds
+from service.encoders import ReadyEncoder, load_encoder
 from service.files import sha256_file
 from service.manifest import (
     MANIFEST_FILE,
@@ -23,6 +24,7 @@ from service.manifest import (
     TensorSignature,
     VersionDir,
     check_signature,
+    gate_problem,
     load_manifest,
     version_dirs,
 )
@@ -75,8 +77,14 @@ class ReadyModel:
     load_seconds: float
     session: SessionInfo = field(repr=False)
     batcher: Batcher = field(repr=False)
+    encoder: ReadyEncoder | None = field(default=None, repr=False)
+    editing_reason: str = ""  # why this version cannot edit, when it has no ready encoder
     status: Literal["ready"] = "ready"
     reason: None = None
+
+    @property
+    def batchers(self) -> list[Batcher]:
+        return [self.batcher] + ([self.encoder.batcher] if self.encoder else [])
 
     @property
     def key(self) -> str:
@@ -119,14 +127,7 @@ def warm_up(session: SessionInfo, manifest: Manifest, rows: int) -> float:
 
 def check_quality(manifest: Manifest, mode: str, key: str) -> None:
     """Under `enforce`, a model without metrics or failing a gate must not serve; under `warn`, say so."""
-    if mode == "off":
-        return
-    failed = [g for g in manifest.gate_results() if not g.passed]
-    problem = None
-    if not manifest.metrics or not manifest.gates:
-        problem = "no quality metrics or gates in the manifest (run `python -m training evaluate`)"
-    elif failed:
-        problem = "; ".join(f"{g.metric} = {g.value} fails {g.op} {g.threshold:g}" for g in failed)
+    problem = gate_problem(manifest.gates, manifest.metrics) if mode != "off" else None
     if problem and mode == "enforce":
         raise LoadError(f"quality gate: {problem}")
     if problem:
@@ -198,10 +199,12 @@ def load_version(found: VersionDir, settings: Settings, metrics: Metrics) -> Mod
         inline_rows=settings.inline_rows,
     )
     batcher.start()
+    encoder, editing_reason = load_encoder(found.path, manifest, settings, metrics)
     seconds = time.perf_counter() - started
     return ReadyModel(
-        found.name, found.version, found.path, manifest, session.provider, seconds, session, batcher
-    )
+        found.name, found.version, found.path, manifest, session.provider, seconds, session, batcher,
+        encoder, editing_reason,
+    )  # fmt: skip
 
 
 class Repository:
@@ -260,11 +263,12 @@ class Repository:
 
     async def drain(self, timeout_s: float) -> bool:
         """Stop every batcher's intake at once and wait for queued work up to timeout_s."""
-        batchers = [m.batcher for m in self.all() if isinstance(m, ReadyModel)]
+        batchers = [b for m in self.all() if isinstance(m, ReadyModel) for b in m.batchers]
         results = await asyncio.gather(*(b.drain(timeout_s) for b in batchers))
         return all(results)
 
     async def close(self) -> None:
         for model in self.all():
             if isinstance(model, ReadyModel):
-                await model.batcher.close()
+                for batcher in model.batchers:
+                    await batcher.close()

@@ -38,10 +38,24 @@ def served_array(x: np.ndarray, model: ReadyModel) -> np.ndarray:
 
 
 async def samples_response(
-    x: np.ndarray, fmt: str, model: ReadyModel, plan: Plan, truncation: float | None = None
+    x: np.ndarray,
+    fmt: str,
+    model: ReadyModel,
+    plan: Plan,
+    truncation: float | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Response:
-    """`png` (base64 PNGs, or numbers for vector models), `json` (numbers), `npy` or `npz` (arrays)."""
+    """`png` (base64 PNGs, or numbers for vector models), `json` (numbers), `npy` or `npz` (arrays).
+
+    `extra`: more provenance for the JSON body (/edit: the encoder's sha256, the operation, the latents);
+    the encoder's sha256 and the operation also go into headers, for the binary formats.
+    """
     headers = provenance_headers(model, plan)
+    extra = extra or {}
+    if extra.get("encoder_sha256"):
+        headers["X-Encoder-Sha256"] = extra["encoder_sha256"]
+    if extra.get("edit"):
+        headers["X-Edit"] = str(extra["edit"]["operation"])
     if fmt == "npy":
         body = await offload(plan.rows, encoding.npy_bytes, served_array(x, model))
         return Response(body, media_type="application/octet-stream", headers=headers)
@@ -49,12 +63,12 @@ async def samples_response(
         body = await offload(plan.rows, npz_page, x, model, plan)
         return Response(body, media_type="application/octet-stream", headers=headers)
     manifest = model.manifest
-    extra: dict[str, Any] = {"truncation": truncation, "t": plan.t}
+    fields: dict[str, Any] = {"truncation": truncation, "t": plan.t} | extra
     if plan.labels is not None:
-        extra["labels"] = plan.labels.tolist()
+        fields["labels"] = plan.labels.tolist()
     payload = SamplesResponse(
         model=model.name, version=model.version, onnx_sha256=manifest.onnx_sha256, provider=model.provider,
-        seed=plan.seed, indices=plan.indices, format="json", shape=manifest.output_shape, **extra,
+        seed=plan.seed, indices=plan.indices, format="json", shape=manifest.output_shape, **fields,
     )  # fmt: skip
     if fmt == "png" and manifest.kind == "image":
         payload.format = "png"

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service import plans
-from service.batcher import Feeds
-from service.errors import ApiError, ClientGone, problem_response
+from service.editing import variations_plan
+from service.errors import ApiError, problem_response
+from service.images import from_base64
+from service.inference import encode_images, run_model
 from service.offload import offload
 from service.repository import ModelVersion, ReadyModel
 from service.responses import samples_response
@@ -23,14 +23,16 @@ from service.schemas import (
     HealthResponse,
     InterpolateRequest,
     SamplesResponse,
+    Variations,
 )
 from service.state import AppState
 
 
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     what = {
         401: "missing or unknown API key (when keys are configured)",
         404: "no such model or version",
+        409: "the model version cannot do this (no encoder, or its encoder failed to load): `detail` says why",
         413: "request body over GAN_MAX_BODY_BYTES",
         422: "invalid request: `field` names the field, `detail` the limit",
         429: "queue full: retry after the Retry-After header's seconds",
@@ -41,8 +43,8 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 # Every route may answer 401 (API keys) and 503 (draining); the bodies of all errors are ErrorResponse.
-router = APIRouter(responses=_errors(401, 503))
-SAMPLE_ERRORS = _errors(404, 413, 422, 429, 504)
+router = APIRouter(responses=error_responses(401, 503))
+SAMPLE_ERRORS = error_responses(404, 413, 422, 429, 504)
 SAMPLES_200: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "samples: JSON (format png or json), or a .npy array (format npy) with X-* provenance headers",
@@ -62,30 +64,6 @@ StateDep = Annotated[AppState, Depends(get_state)]
 def model_label(state: AppState, name: str) -> str:
     """The name as a metrics label: known names only, so clients cannot create new time series."""
     return name if name in state.repository.models else ""
-
-
-async def run_model(
-    model: ReadyModel, feeds: Feeds, rows: int, request: Request, state: AppState
-) -> np.ndarray:
-    """Submit to the batcher; if the client disconnects first, cancel so its rows are never computed."""
-    result = model.batcher.enqueue(feeds, rows, state.settings.request_timeout_s)
-    gone = asyncio.ensure_future(_disconnected(request))
-    gone.add_done_callback(lambda _: result.cancel())  # a no-op once the result is in
-    try:
-        x = await result
-    except asyncio.CancelledError:
-        if gone.done() and not gone.cancelled():
-            raise ClientGone() from None
-        raise
-    finally:
-        gone.cancel()
-    state.metrics.samples.labels(model.name).inc(rows)
-    return x
-
-
-async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 @router.post("/generate", response_model=SamplesResponse, responses=SAMPLES_200 | SAMPLE_ERRORS)
@@ -131,12 +109,26 @@ async def augment(body: AugmentRequest, request: Request, state: StateDep) -> Re
     try:
         model = state.repository.get(body.model, body.version)
         seed = plans.chosen_seed(body.seed)
-        rows = min(body.limit or state.settings.max_page_rows, state.settings.max_page_rows)
-        plan = await offload(rows, plans.augment_plan, body, model.manifest, state.settings, seed)
+        if body.variations_of is not None:
+            plan = await variations_page(body, body.variations_of, model, seed, request, state)
+        else:
+            rows = min(body.limit or state.settings.max_page_rows, state.settings.max_page_rows)
+            plan = await offload(rows, plans.augment_plan, body, model.manifest, state.settings, seed)
         x = await run_model(model, plan.feeds, plan.rows, request, state)
         return await samples_response(x, body.format, model, plan)
     except Exception as error:
         return problem_response(error, state, model_label(state, body.model))
+
+
+async def variations_page(
+    body: AugmentRequest, spec: Variations, model: ReadyModel, seed: int, request: Request, state: AppState
+) -> plans.Plan:
+    """A page of labelled variations of real images: their latents recovered by the model's encoder."""
+    images = [from_base64(text, f"variations_of.images[{i}]") for i, text in enumerate(spec.images)]
+    field = "variations_of.images"
+    z, classes = await encode_images(model, images, spec.labels, spec.resize, field, request, state)
+    rows = plans.page_rows(body, len(images) * spec.per_image, state.settings, model.manifest)
+    return variations_plan(z, classes, spec, seed, body.offset, rows, model.manifest)
 
 
 def describe(model: ModelVersion, default: int | None) -> dict[str, Any]:
@@ -157,7 +149,16 @@ def describe(model: ModelVersion, default: int | None) -> dict[str, Any]:
         if model.manifest
         else None,
         "manifest": model.manifest.model_dump(mode="json") if model.manifest else None,
+        "editing": editing(model),
     }
+
+
+def editing(model: ModelVersion) -> dict[str, Any]:
+    """Whether /edit serves this version: its encoder's provider and sha256, or why not."""
+    if isinstance(model, ReadyModel) and model.encoder is not None:
+        return {"available": True, "provider": model.encoder.provider, "encoder_sha256": model.encoder.sha256}
+    reason = model.editing_reason if isinstance(model, ReadyModel) else f"model {model.key} failed to load"
+    return {"available": False, "reason": reason}
 
 
 def describe_model(state: AppState, name: str) -> dict[str, Any]:
@@ -177,7 +178,7 @@ async def list_models(state: StateDep) -> dict[str, Any]:
     return {"models": [describe_model(state, name) for name in sorted(state.repository.models)]}
 
 
-@router.get("/models/{name}", responses=_errors(404))
+@router.get("/models/{name}", responses=error_responses(404))
 async def get_model(name: str, state: StateDep) -> dict[str, Any]:
     if name not in state.repository.models:
         raise ApiError(404, f"model '{name}' not found; available: {sorted(state.repository.models)}", "name")

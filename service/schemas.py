@@ -55,6 +55,75 @@ class InterpolateRequest(_Body):
     format: Literal["png", "npy", "json"] = "png"
 
 
+class EditOperation(BaseModel):
+    """One edit of the recovered latents; exactly one of label, direction, mix_seed and truncation."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    label: Label | None = Field(None, description="conditional models: the same z decoded as this class")
+    direction: str | None = Field(None, description="a named direction of the manifest: z + strength * v")
+    strength: float | None = Field(None, ge=-100, le=100, description="default: the direction's own")
+    mix_seed: int | None = Field(None, ge=0, le=MAX_SEED, description="move toward this seed's latent")
+    t: float | None = Field(None, ge=0, le=1, description="with mix_seed: how far (default 0.5)")
+    method: Literal["slerp", "lerp"] | None = Field(None, description="with mix_seed (default slerp)")
+    truncation: float | None = Field(
+        None, ge=0, le=1, description="psi: z' = psi * z, toward the mean latent"
+    )
+
+    @model_validator(mode="after")
+    def _one_operation(self) -> EditOperation:
+        chosen = [k for k in ("label", "direction", "mix_seed", "truncation") if getattr(self, k) is not None]
+        if len(chosen) != 1:
+            raise ValueError("give exactly one of 'label', 'direction', 'mix_seed' or 'truncation'")
+        if self.strength is not None and self.direction is None:
+            raise ValueError("'strength' applies only with 'direction'")
+        if (self.t is not None or self.method is not None) and self.mix_seed is None:
+            raise ValueError("'t' and 'method' apply only with 'mix_seed'")
+        return self
+
+    @property
+    def kind(self) -> Literal["label", "direction", "mix", "truncation"]:
+        if self.label is not None:
+            return "label"
+        if self.direction is not None:
+            return "direction"
+        return "mix" if self.mix_seed is not None else "truncation"
+
+
+class EditFields(_Body):
+    """Everything of an /edit request but the images (multipart sends those as files)."""
+
+    labels: Label | list[Label] | None = Field(
+        None, description="conditional models: the class of every image, or one per image; default: predicted"
+    )
+    edit: EditOperation | None = Field(None, description="default: reconstruct")
+    resize: bool = Field(False, description="resize images to the model's H x W instead of refusing them")
+    return_latents: bool = Field(False, description="return each image's recovered z (before the edit)")
+    format: Literal["png", "npy", "json"] = "png"
+
+
+class EditRequest(EditFields):
+    images: list[str] = Field(
+        min_length=1, description="base64 PNG or JPEG files (at most GAN_MAX_EDIT_IMAGES)"
+    )
+
+
+class Variations(BaseModel):
+    """Labelled variations of real images: E(x) + sigma * eps, eps drawn by (seed, row)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    images: list[str] = Field(
+        min_length=1, description="base64 PNG or JPEG files (at most GAN_MAX_EDIT_IMAGES)"
+    )
+    labels: Label | list[Label] | None = Field(None, description="their classes; default: predicted")
+    sigma: float = Field(0.3, ge=0, le=10, description="noise scale around each recovered z")
+    per_image: int = Field(
+        1, ge=1, description="variations of each image; the set has images x per_image rows"
+    )
+    resize: bool = False
+
+
 class AugmentRequest(_Body):
     per_class: dict[str, int] | None = Field(None, description="synthetic rows per class (name or index)")
     class_counts: dict[str, int] | list[int] | None = Field(
@@ -67,6 +136,9 @@ class AugmentRequest(_Body):
         None, gt=0, le=100, description="with class_counts: synthetic rows = ratio x real rows"
     )
     n: int | None = Field(None, ge=1, description="unconditional models: the size of the synthetic set")
+    variations_of: Variations | None = Field(
+        None, description="variations of real images (models with encoders)"
+    )
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     offset: int = Field(0, ge=0, description="first row of the page")
     limit: int | None = Field(None, ge=1, description="rows in the page (at most GAN_MAX_PAGE_ROWS)")
@@ -75,10 +147,10 @@ class AugmentRequest(_Body):
 
     @model_validator(mode="after")
     def _one_plan(self) -> AugmentRequest:
-        plans = [self.per_class is not None, self.class_counts is not None, self.n is not None]
-        if sum(plans) != 1:
+        plans = [self.per_class, self.class_counts, self.n, self.variations_of]
+        if sum(p is not None for p in plans) != 1:
             raise ValueError(
-                "give exactly one of 'per_class', 'class_counts' (with 'target' or 'ratio') or 'n'"
+                "give exactly one of 'per_class', 'class_counts' (with 'target' or 'ratio'), 'n' or 'variations_of'"
             )
         if self.class_counts is not None and (self.target is None) == (self.ratio is None):
             raise ValueError("'class_counts' needs exactly one of target='balance' or 'ratio'")
@@ -110,6 +182,9 @@ class SamplesResponse(Provenance):
         None, description="format=json: flattened sample values; reshape with 'shape'"
     )
     t: list[float] | None = Field(None, description="/interpolate: position of each point on the path")
+    encoder_sha256: str | None = Field(None, description="/edit: the encoder that recovered the latents")
+    edit: dict[str, object] | None = Field(None, description="/edit: the operation applied")
+    latents: list[list[float]] | None = Field(None, description="/edit with return_latents: each recovered z")
 
 
 class ErrorResponse(BaseModel):

@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     max_augment_rows: int = Field(100_000, ge=1, description="rows in one /augment synthetic set")
     max_page_rows: int = Field(4096, ge=1, description="rows per /augment page (limit)")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="request body size before 413")
+    max_edit_images: int = Field(64, ge=1, le=4096, description="images per /edit request or variations_of")
+    max_image_pixels: int = Field(
+        1 << 22, ge=64, description="pixels an uploaded image may declare (checked before decoding)"
+    )
     max_response_bytes: int = Field(
         64 << 20, ge=1024, description="largest sample payload one response may carry (raw bytes) before 422"
     )
