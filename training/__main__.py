@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from service.manifest import Manifest
+from training import edit_cli
 from training.checkpoint import CHECKPOINT, ResumeError
 from training.config import PRESETS, TrainConfig, parse_overrides, preset_config
 from training.data import SOURCES
@@ -56,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--epochs", type=int, default=3)
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--out", type=Path, help="default: training/evaluators/<data>")
+    edit_cli.add_commands(commands)
     return parser
 
 
@@ -95,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             from training.evaluate import evaluate, report
 
             print(report(evaluate(args.model_dir, args.name, args.version, args.seeds, command)))
+        elif args.command in edit_cli.VERBS:
+            edit_cli.run(args, command)
         elif args.command == "evaluator":
             from training.feature_net import build
 
