@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,10 +17,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import numpy as np
+import onnx
 import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
 
 from bench.load import free_port, running_service
 from service.batcher import Batcher
+from service.files import sha256_file
 
 if TYPE_CHECKING:
     from training.config import TrainConfig
@@ -28,6 +33,7 @@ __all__ = [
     "ROOT",
     "TINY",
     "Hold",
+    "add_encoder",
     "asgi_client",
     "eventually",
     "free_port",
@@ -135,6 +141,54 @@ class Hold:
                 f"(now {self.entered} and {self.batcher.queued_rows})"
             ),
         )
+
+
+# --- encoders: tiny real graphs with the encoder's signature ------------------------------------------
+
+
+def linear_encoder(path: Path, shape: list[int], z_dim: int, num_classes: int) -> None:
+    """z = flatten(x) Wz (+ c Wc), logits = flatten(x) Wl: a real graph with the encoder's signature."""
+    rng = np.random.default_rng(7)
+    pixels = int(np.prod(shape))
+    inits = [numpy_helper.from_array(rng.standard_normal((pixels, z_dim)).astype(np.float32) * 0.1, "Wz")]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *shape])]
+    outputs = [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", z_dim])]
+    nodes = [
+        helper.make_node("Flatten", ["x"], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "Wz"], ["zx"]),
+    ]
+    if num_classes:
+        inits += [
+            numpy_helper.from_array(rng.standard_normal((num_classes, z_dim)).astype(np.float32), "Wc"),
+            numpy_helper.from_array(rng.standard_normal((pixels, num_classes)).astype(np.float32), "Wl"),
+        ]
+        inputs.append(helper.make_tensor_value_info("c", TensorProto.FLOAT, ["N", num_classes]))
+        outputs.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", num_classes]))
+        nodes += [
+            helper.make_node("MatMul", ["c", "Wc"], ["zc"]),
+            helper.make_node("Add", ["zx", "zc"], ["z"]),
+            helper.make_node("MatMul", ["flat", "Wl"], ["logits"]),
+        ]
+    else:
+        nodes.append(helper.make_node("Identity", ["zx"], ["z"]))
+    graph = helper.make_graph(nodes, "encoder", inputs, outputs, inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8), str(path))
+
+
+def add_encoder(version_dir: Path, directions: list[dict[str, Any]] | None = None, **encoder: Any) -> None:
+    manifest = json.loads((version_dir / "manifest.json").read_text())
+    shape, z_dim, k = manifest["output_shape"], manifest["z_dim"], manifest["num_classes"]
+    linear_encoder(version_dir / "encoder.onnx", shape, z_dim, k)
+    manifest["encoder"] = {
+        "sha256": sha256_file(version_dir / "encoder.onnx"),
+        "input_names": ["x", "c"] if k else ["x"],
+        "output_names": ["z", "logits"] if k else ["z"],
+        "parity_max_abs_diff": 0.0,
+        "metrics": {"psnr": 25.0},
+        "gates": [{"metric": "psnr", "op": ">=", "threshold": 20.0}],
+    } | encoder
+    manifest["directions"] = directions or []
+    (version_dir / "manifest.json").write_text(json.dumps(manifest))
 
 
 # --- ONNX Runtime ----------------------------------------------------------------------------------------

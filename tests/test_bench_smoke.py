@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from bench.load import main
-from tests.support import ROOT
+from tests.support import ROOT, add_encoder
 
 
 def test_load_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -106,3 +107,20 @@ def test_train_throughput_benchmark_smoke(tmp_path: Path, capsys: pytest.Capture
     (row,) = json.loads(out.read_text())["rows"]
     assert row["preset"] == "toy2d" and min(row["plain_fp32"], row["ours_fp32"], row["ours_auto"]) > 0
     assert "speed-up" in capsys.readouterr().out
+
+
+def test_edit_benchmark_smoke(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.edit import main as edit
+
+    shutil.copytree(model_dir / "digits", tmp_path / "models" / "digits")
+    add_encoder(tmp_path / "models" / "digits" / "1")
+    out = tmp_path / "edit.json"
+    args = ["--model", "digits", "--model-dir", str(tmp_path / "models"), "--images", "1", "3", "--concurrency",
+            "2", "--duration", "0.3", "--max-requests", "20", "--raw-seconds", "0.05", "--json", str(out)]  # fmt: skip
+    assert edit(args) == 0
+    report = json.loads(out.read_text())
+    assert [p["images"] for p in report["points"]] == [1, 3]
+    assert all(
+        p["errors"] == 0 and p["ratio_to_raw"] > 0 and p["raw_images_per_s"] > 0 for p in report["points"]
+    )
+    assert "/edit digits images=3" in capsys.readouterr().out

@@ -16,64 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 from fastapi.testclient import TestClient
-from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from service.files import sha256_file
 from service.latents import sample_latent, slerp
 from service.main import create_app
 from service.settings import Settings
-from tests.support import tiny_config
+from tests.support import add_encoder, tiny_config
 
 RNG = np.random.default_rng(7)
-
-
-def linear_encoder(path: Path, shape: list[int], z_dim: int, num_classes: int) -> None:
-    """z = flatten(x) Wz (+ c Wc), logits = flatten(x) Wl: a real graph with the encoder's signature."""
-    pixels = int(np.prod(shape))
-    inits = [numpy_helper.from_array(RNG.standard_normal((pixels, z_dim)).astype(np.float32) * 0.1, "Wz")]
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *shape])]
-    outputs = [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", z_dim])]
-    nodes = [
-        helper.make_node("Flatten", ["x"], ["flat"], axis=1),
-        helper.make_node("MatMul", ["flat", "Wz"], ["zx"]),
-    ]
-    if num_classes:
-        inits += [
-            numpy_helper.from_array(RNG.standard_normal((num_classes, z_dim)).astype(np.float32), "Wc"),
-            numpy_helper.from_array(RNG.standard_normal((pixels, num_classes)).astype(np.float32), "Wl"),
-        ]
-        inputs.append(helper.make_tensor_value_info("c", TensorProto.FLOAT, ["N", num_classes]))
-        outputs.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", num_classes]))
-        nodes += [
-            helper.make_node("MatMul", ["c", "Wc"], ["zc"]),
-            helper.make_node("Add", ["zx", "zc"], ["z"]),
-            helper.make_node("MatMul", ["flat", "Wl"], ["logits"]),
-        ]
-    else:
-        nodes.append(helper.make_node("Identity", ["zx"], ["z"]))
-    graph = helper.make_graph(nodes, "encoder", inputs, outputs, inits)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8), str(path))
-
-
-def add_encoder(version_dir: Path, directions: list[dict[str, Any]] | None = None, **encoder: Any) -> None:
-    manifest = json.loads((version_dir / "manifest.json").read_text())
-    shape, z_dim, k = manifest["output_shape"], manifest["z_dim"], manifest["num_classes"]
-    linear_encoder(version_dir / "encoder.onnx", shape, z_dim, k)
-    manifest["encoder"] = {
-        "sha256": sha256_file(version_dir / "encoder.onnx"),
-        "input_names": ["x", "c"] if k else ["x"],
-        "output_names": ["z", "logits"] if k else ["z"],
-        "parity_max_abs_diff": 0.0,
-        "metrics": {"psnr": 25.0},
-        "gates": [{"metric": "psnr", "op": ">=", "threshold": 20.0}],
-    } | encoder
-    manifest["directions"] = directions or []
-    (version_dir / "manifest.json").write_text(json.dumps(manifest))
 
 
 @pytest.fixture(scope="module")
