@@ -14,7 +14,7 @@ import numpy as np
 
 from service.batcher import Batcher, Feeds
 from service.files import sha256_file
-from service.manifest import Manifest, SignatureError, TensorSignature, check_signature, gate_problem
+from service.manifest import Manifest, SignatureError, check_signature, gate_problem
 from service.metrics import Metrics, ModelObserver
 from service.runtime import CUDA, SessionInfo, intra_op_threads, open_session
 from service.settings import Settings
@@ -32,13 +32,11 @@ class ReadyEncoder:
 
     sha256: str
     provider: str
-    z_dim: int
-    num_classes: int
     session: SessionInfo = field(repr=False)
     batcher: Batcher = field(repr=False)
 
 
-def run_encoder(session: SessionInfo, z_dim: int, feeds: Feeds) -> np.ndarray:
+def run_encoder(session: SessionInfo, feeds: Feeds) -> np.ndarray:
     """One array per batch for the batcher: z, then the logits (conditional models) beside it."""
     outputs = [np.asarray(a, dtype=np.float32) for a in session.session.run(None, feeds)]
     return outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=1)
@@ -67,13 +65,8 @@ def open_encoder(path: Path, manifest: Manifest, settings: Settings) -> SessionI
         )
     except Exception as error:  # onnxruntime raises its own exception types for corrupt graphs
         raise EncoderError(f"ONNX Runtime cannot load {spec.file}: {str(error).splitlines()[0]}") from None
-    graph = session.session
     try:
-        check_signature(
-            [TensorSignature(t.name, t.type, tuple(t.shape)) for t in graph.get_inputs()],
-            [TensorSignature(t.name, t.type, tuple(t.shape)) for t in graph.get_outputs()],
-            manifest.encoder_signature(),
-        )
+        check_signature(*session.signature(), manifest.encoder_signature())
     except SignatureError as error:
         raise EncoderError(f"{spec.file}: {error}") from None
     if settings.device == "cuda" and session.provider != CUDA:
@@ -102,7 +95,7 @@ def load_encoder(
     try:
         session = open_encoder(path, manifest, settings)
         rows = settings.warmup_rows
-        out = run_encoder(session, manifest.z_dim, warm_up_feeds(manifest, rows))
+        out = run_encoder(session, warm_up_feeds(manifest, rows))
         if out.shape != (rows, manifest.z_dim + manifest.num_classes) or not np.isfinite(out).all():
             raise EncoderError(
                 f"encoder warm-up gave shape {out.shape} (finite: {bool(np.isfinite(out).all())})"
@@ -112,7 +105,7 @@ def load_encoder(
         log.error("encoder of %s failed to load: %s (generation is not affected)", key, error)
         return None, f"the encoder of {key} failed to load: {error}"
     batcher = Batcher(
-        functools.partial(run_encoder, session, manifest.z_dim),
+        functools.partial(run_encoder, session),
         max_batch_rows=settings.max_batch_rows,
         max_wait_s=settings.max_wait_ms / 1000,
         max_queue_rows=settings.max_queue_rows,
@@ -122,7 +115,5 @@ def load_encoder(
         inline_rows=settings.inline_rows,
     )
     batcher.start()
-    encoder = ReadyEncoder(
-        manifest.encoder.sha256, session.provider, manifest.z_dim, manifest.num_classes, session, batcher
-    )
+    encoder = ReadyEncoder(manifest.encoder.sha256, session.provider, session, batcher)
     return encoder, ""

@@ -21,7 +21,6 @@ from service.manifest import (
     Manifest,
     ManifestError,
     SignatureError,
-    TensorSignature,
     VersionDir,
     check_signature,
     gate_problem,
@@ -101,13 +100,8 @@ def infer(session: SessionInfo, feeds: Feeds) -> np.ndarray:
 
 def check_graph(session: SessionInfo, manifest: Manifest) -> None:
     """The manifest must describe the graph: input/output names, dims and dtype."""
-    inputs, outputs = session.session.get_inputs(), session.session.get_outputs()
     try:
-        check_signature(
-            [TensorSignature(t.name, t.type, tuple(t.shape)) for t in inputs],
-            [TensorSignature(t.name, t.type, tuple(t.shape)) for t in outputs],
-            manifest.signature(),
-        )
+        check_signature(*session.signature(), manifest.signature())
     except SignatureError as error:
         raise LoadError(str(error)) from None
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import onnxruntime as ort
 
+from service.manifest import TensorSignature
+
 log = logging.getLogger("service.runtime")
 
 ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu")
@@ -48,6 +50,13 @@ def check_single_runtime() -> str:
 class SessionInfo:
     session: ort.InferenceSession
     provider: str  # what the session really runs on: session.get_providers()[0]
+
+    def signature(self) -> tuple[list[TensorSignature], list[TensorSignature]]:
+        """The graph's inputs and outputs as the contract describes them (see `check_signature`)."""
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        return [TensorSignature(t.name, t.type, tuple(t.shape)) for t in inputs], [
+            TensorSignature(t.name, t.type, tuple(t.shape)) for t in outputs
+        ]
 
 
 def available_cpus() -> int:
