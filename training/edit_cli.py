@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-VERBS = ("encoder", "encoder-export", "project", "directions", "edit-eval")
+VERBS = ("encoder", "encoder-export", "project", "directions", "edit-eval", "baseline-ae")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -55,6 +55,13 @@ def add_commands(commands: Any) -> None:
     v.add_argument("--run-dir", type=Path, help="encoder run (perceptual net) for the projector subset")
     v.add_argument("--project", type=int, default=0, help="also project this many test images")
     v.add_argument("--no-write", action="store_true")
+
+    b = commands.add_parser("baseline-ae", help="the plain-autoencoder baseline for the encoder's figures")
+    _model_args(b)
+    b.add_argument("--run-dir", required=True, type=Path)
+    b.add_argument("--max-minutes", type=float, default=15.0)
+    b.add_argument("--threads", type=int)
+    b.add_argument("--images", type=int, default=2000, help="test images measured")
 
 
 def _overrides(pairs: list[str]) -> dict[str, Any]:
@@ -127,6 +134,10 @@ def run(args: argparse.Namespace, command: str) -> None:
         from training.directions import fit_and_store
 
         print(json.dumps(fit_and_store(args, command), indent=2))
+    elif args.command == "baseline-ae":
+        from training.baseline import run_baseline
+
+        print(json.dumps(run_baseline(args), indent=2))
     elif args.command == "edit-eval":
         from training.edit_eval import evaluate_cli
 
