@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-VERBS = ("encoder", "encoder-export", "project", "directions", "edit-eval", "baseline-ae")
+VERBS = ("encoder", "encoder-export", "project", "directions", "edit-eval", "baseline-ae", "edit-figure")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -55,6 +55,12 @@ def add_commands(commands: Any) -> None:
     v.add_argument("--run-dir", type=Path, help="encoder run (perceptual net) for the projector subset")
     v.add_argument("--project", type=int, default=0, help="also project this many test images")
     v.add_argument("--no-write", action="store_true")
+
+    f = commands.add_parser("edit-figure", help="originals | reconstructions | edits, as one PNG")
+    _model_args(f)
+    f.add_argument("--out", required=True, type=Path)
+    f.add_argument("--n", type=int, default=10)
+    f.add_argument("--edits", help="comma-separated: class indices (conditional) or direction names")
 
     b = commands.add_parser("baseline-ae", help="the plain-autoencoder baseline for the encoder's figures")
     _model_args(b)
@@ -134,6 +140,10 @@ def run(args: argparse.Namespace, command: str) -> None:
         from training.directions import fit_and_store
 
         print(json.dumps(fit_and_store(args, command), indent=2))
+    elif args.command == "edit-figure":
+        from training.edit_figure import write_figure
+
+        print(json.dumps(write_figure(args), indent=2))
     elif args.command == "baseline-ae":
         from training.baseline import run_baseline
 

@@ -51,6 +51,7 @@ class EncoderConfig:
     val_images: int = 500
     threads: int | None = None
     max_minutes: float | None = None  # a time budget: the schedule follows whichever runs out first
+    perceptual_from: str | None = None  # reuse another run's perceptual.pt (same data, same seed)
 
 
 @dataclass
@@ -181,8 +182,15 @@ def train_encoder(
     torch.manual_seed(cfg.seed)
     history = History()
     size = model.spec.out_shape[1]
-    percept, percept_acc = train_perceptual(perceptual_data(model, data_dir, cfg.seed), cfg.perceptual_steps,
-                                            cfg.seed, size)  # fmt: skip
+    if cfg.perceptual_from:
+        percept = load_perceptual(Path(cfg.perceptual_from))
+        percept_acc = torch.load(Path(cfg.perceptual_from) / PERCEPTUAL_FILE, weights_only=True)[
+            "val_accuracy"
+        ]
+    else:
+        percept, percept_acc = train_perceptual(
+            perceptual_data(model, data_dir, cfg.seed), cfg.perceptual_steps, cfg.seed, size
+        )
     torch.save({"state": percept.state_dict(), "val_accuracy": percept_acc, "size": size,
                 "num_classes": percept.net.fc2.out_features}, run_dir / PERCEPTUAL_FILE)  # fmt: skip
     log(
