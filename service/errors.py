@@ -77,6 +77,11 @@ def problem_of(error: Exception, state: AppState) -> Problem | None:
     return None
 
 
+def v2_path(path: str) -> bool:
+    """Open Inference Protocol paths answer errors in its shape, `{"error": "..."}`."""
+    return path == "/v2" or path.startswith("/v2/")
+
+
 def error_response(
     status: int, detail: str, field: str | None = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
@@ -149,5 +154,7 @@ def install_error_handlers(app: FastAPI, state: AppState) -> None:
         if error.status_code == 400:  # the body is not even text: FastAPI's "error parsing the body"
             state.metrics.rejections.labels("", "invalid").inc()
             return error_response(422, "body: not valid JSON (UTF-8 text expected)", "body")
+        if v2_path(request.url.path):
+            return JSONResponse({"error": str(error.detail)}, error.status_code, dict(error.headers or {}))
         field = "path" if error.status_code in (404, 405) else None
         return error_response(error.status_code, str(error.detail), field, dict(error.headers or {}))

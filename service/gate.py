@@ -6,20 +6,25 @@ and it labels the request metrics from the answer itself (its status, and `X-Mod
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.auth import KeyRing, presented_key
-from service.errors import RETRY_NOW, Problem, error_response
+from service.errors import RETRY_NOW, Problem, error_response, v2_path
 from service.fastpath import FastGenerate
 from service.state import AppState
 
-ALWAYS_OPEN = {"/healthz", "/readyz", "/metrics"}  # answered even while draining
-PROBES = {"/healthz", "/readyz"}  # never need a key: kubelets and load balancers carry none
+V2_PROBES = {"/v2/health/live", "/v2/health/ready"}
+ALWAYS_OPEN = {"/healthz", "/readyz", "/metrics", *V2_PROBES}  # answered even while draining
+PROBES = {"/healthz", "/readyz", *V2_PROBES}  # never need a key: kubelets and load balancers carry none
 ENDPOINTS = {
+    "/v2",
+    *V2_PROBES,
     "/generate",
     "/interpolate",
     "/augment",
@@ -42,10 +47,17 @@ UNAUTHORIZED = Problem(
 DRAINING = Problem(503, "the service is draining; retry on another replica", None, RETRY_NOW, "draining")
 
 
+# The Open Inference Protocol's model paths, by their shape: /v2/models/{name}[/versions/{version}][/ready|/infer]
+V2_MODEL_PATH = re.compile(r"/v2/models/[^/]+(/versions/[^/]+)?(/ready|/infer)?")
+
+
 def endpoint_label(path: str) -> str:
     """A bounded set of label values: unknown paths must not create new time series."""
     if path in ENDPOINTS:
         return path
+    v2 = V2_MODEL_PATH.fullmatch(path)
+    if v2 is not None:
+        return "/v2/models/{name}" + ("/versions/{version}" if v2[1] else "") + (v2[2] or "")
     return "/models/{name}" if path.startswith("/models/") else "other"
 
 
@@ -133,9 +145,11 @@ class Gate:
     async def refuse(self, problem: Problem, scope: Scope, receive: Receive, send: Send) -> None:
         if problem.reason is not None:
             self.state.metrics.rejections.labels("", problem.reason).inc()
-        await error_response(problem.status, problem.detail, problem.field, problem.headers)(
-            scope, receive, send
-        )
+        if v2_path(scope["path"]):
+            response = JSONResponse({"error": problem.detail}, problem.status, problem.headers)
+        else:
+            response = error_response(problem.status, problem.detail, problem.field, problem.headers)
+        await response(scope, receive, send)
 
     async def admit(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Refuse, or read the body and hand the request to the fast path or the app."""

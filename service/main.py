@@ -16,6 +16,8 @@ from service.errors import install_error_handlers
 from service.fastpath import FastGenerate
 from service.gate import PROBES, Gate
 from service.metrics import Metrics
+from service.protocols.v2 import router as v2_router
+from service.protocols.v2_tensors import InferenceRequest
 from service.repository import Repository
 from service.routes import router
 from service.runtime import check_single_runtime
@@ -27,15 +29,17 @@ log = logging.getLogger("service")
 
 
 def openapi_with_bodies(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's schema, plus the bodies of routes that read their own (/edit: JSON or multipart)."""
+    """FastAPI's schema, plus the bodies of routes that read their own (/edit: JSON or multipart; v2 infer:
+    JSON, or JSON and binary tensors)."""
     if app.openapi_schema is None:
         schema = get_openapi(
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
-        body = EditRequest.model_json_schema(ref_template="#/components/schemas/{model}")
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        components.update(body.pop("$defs", {}))
-        components["EditRequest"] = body
+        for model in (EditRequest, InferenceRequest):
+            body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(body.pop("$defs", {}))
+            components[model.__name__] = body
         app.openapi_schema = schema
     return app.openapi_schema
 
@@ -65,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.gan = state
     app.include_router(router)
     app.include_router(edit_router)
+    app.include_router(v2_router)
     app.openapi = lambda: openapi_with_bodies(app)  # type: ignore[method-assign]
     install_error_handlers(app, state)
     fast = FastGenerate(app, state) if settings.fast_path else None

@@ -16,8 +16,8 @@ from tests.support import free_port, running_service, wait_until
 def test_schemathesis_fuzzes_every_endpoint_of_a_real_server(tmp_path: Path) -> None:
     """At least 1,000 generated cases against the live OpenAPI schema: no 5xx, every response conforms.
 
-    The only edit to the service's schema: the `model` fields list the served names (plus one unknown), so
-    most cases reach the model's own validation instead of stopping at 404. Checked: everything schemathesis
+    The only edit to the service's schema: the `model` fields (and the v2 paths' model names and versions) list
+    the served names (plus one unknown), so most cases reach the model's own validation instead of stopping at 404. Checked: everything schemathesis
     has except `positive_data_acceptance`, which expects any schema-valid body to succeed, but a static schema
     cannot say which class names or z lengths a given model takes, or the GAN_* limits in force.
     """
@@ -29,6 +29,15 @@ def test_schemathesis_fuzzes_every_endpoint_of_a_real_server(tmp_path: Path) -> 
             schema["components"]["schemas"][body]["properties"]["model"] = model_names
         (parameter,) = schema["paths"]["/models/{name}"]["get"]["parameters"]
         parameter["schema"] = model_names
+        versions = sorted(
+            {str(v["version"]) for m in httpx.get(f"{url}/models").json()["models"] for v in m["versions"]}
+        )
+        for path, operations in schema["paths"].items():  # the Open Inference Protocol's model paths
+            for parameter in (p for op in operations.values() for p in op.get("parameters", [])):
+                if path.startswith("/v2/") and parameter["name"] == "model_name":
+                    parameter["schema"] = model_names
+                if path.startswith("/v2/") and parameter["name"] == "model_version":
+                    parameter["schema"] = {"type": "string", "enum": [*versions, "0", "x"]}
         (tmp_path / "openapi.json").write_text(json.dumps(schema))
         report = tmp_path / "report.json"
         rss_before = psutil.Process(process.pid).memory_info().rss
@@ -47,7 +56,9 @@ def test_schemathesis_fuzzes_every_endpoint_of_a_real_server(tmp_path: Path) -> 
     )
     assert result.returncode == 0, result.stdout[-6000:]
     assert summary["failures"] == [] and summary["errors"] == []
-    assert summary["operations"]["tested"] == len(schema["paths"]) == 9
+    assert (
+        summary["operations"]["tested"] == len(schema["paths"]) == 18
+    )  # 9 native, 9 Open Inference Protocol
     assert summary["test_cases"]["generated"] >= 1000
     assert alive
 

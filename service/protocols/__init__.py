@@ -1,0 +1,1 @@
+"""Standard inference protocols beside the native API: the Open Inference Protocol (KServe v2) over HTTP."""
