@@ -55,9 +55,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runtime = check_single_runtime()
         log.info("ONNX Runtime package: %s; model directory: %s", runtime, settings.model_dir)
         state.repository.load()
+        grpc_server = None
+        if settings.grpc_port is not None:  # imported only here: grpcio is needed only with gRPC on
+            try:
+                from service.protocols.grpc_v2 import start_server
+            except ImportError as error:
+                raise RuntimeError(
+                    f"GAN_GRPC_PORT is set but {error.name} is not installed: install the `grpc` extra"
+                ) from None
+            grpc_server = await start_server(state, keys, app.version)
         try:
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(1.0)
             await state.repository.close()
 
     app = FastAPI(

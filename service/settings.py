@@ -20,6 +20,12 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="execution provider policy")
     host: str = Field("127.0.0.1", description="bind address (0.0.0.0 in containers)")
     port: int = Field(8000, ge=1, le=65535)
+    grpc_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Open Inference Protocol (KServe v2) gRPC port; unset: no gRPC server",
+    )
 
     max_batch_rows: int = Field(64, ge=1, le=4096, description="rows per inference batch")
     # 0: a batch leaves as soon as the runner is free; under load, requests that arrive during a

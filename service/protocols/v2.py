@@ -15,6 +15,7 @@ and otherwise the native API's codes (401, 413, 429, 503, 504).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -287,44 +288,65 @@ def response_parameters(
     return params
 
 
-def encode(x: np.ndarray, head: dict[str, Any], datatype: str, binary: bool) -> tuple[bytes, int | None]:
-    array = encoding.to_uint8_nhwc(x) if datatype == "UINT8" else x.astype(np.float32, copy=False)
-    return v2_tensors.encode_response(head, [Output("x", array, datatype, binary)])
+@dataclass(frozen=True)
+class Planned:
+    """What an inference request computes (the plan) and how its `x` goes back."""
+
+    plan: plans.Plan
+    datatype: str  # FP32 or UINT8
+    binary: bool
+    truncation: float | None = None
+
+
+async def plan_inference(parsed: v2_tensors.Request, model: ReadyModel, settings: Settings) -> Planned:
+    """The rows a read request asks for: its tensors, or the native plan of its sample parameters."""
+    manifest = model.manifest
+    datatype, binary = output_choice(parsed.header, manifest)
+    sample = check_parameters(parsed.header)
+    if parsed.header.inputs:
+        plan = tensor_plan(parsed, manifest, settings)
+        check_output_size(plan.rows, manifest, datatype, binary, settings, "inputs")
+        return Planned(plan, datatype, binary)
+    native = generate_request(model.name, model.version, sample)
+    seed = plans.chosen_seed(native.seed)
+    try:
+        plans.check_limit(native.n, settings.max_n, "n", "GAN_MAX_N")
+        check_output_size(native.n, manifest, datatype, binary, settings, "n")
+        plan = await offload(native.n, plans.generate_plan, native, manifest, settings, seed)
+    except plans.PlanError as error:  # its fields are the parameters'
+        raise TensorError(error.detail, f"parameters.{error.field}") from None
+    return Planned(plan, datatype, binary, native.truncation)
+
+
+def served_x(x: np.ndarray, datatype: str) -> np.ndarray:
+    """FP32 in the graph's layout, or UINT8 NHWC images (the bytes of /generate's npy)."""
+    return encoding.to_uint8_nhwc(x) if datatype == "UINT8" else x.astype(np.float32, copy=False)
+
+
+def encode(x: np.ndarray, head: dict[str, Any], planned: Planned) -> tuple[bytes, int | None]:
+    output = Output("x", served_x(x, planned.datatype), planned.datatype, planned.binary)
+    return v2_tensors.encode_response(head, [output])
 
 
 async def infer_response(name: str, version: str | None, request: Request, state: AppState) -> Response:
     try:
         model = resolve(state, name, version)
-        settings, manifest = state.settings, model.manifest
         body = v2_tensors.inflate(
-            await request.body(), request.headers.get("content-encoding"), settings.max_body_bytes
+            await request.body(), request.headers.get("content-encoding"), state.settings.max_body_bytes
         )
         header_length = request.headers.get(HEADER_LENGTH)
         if len(body) > 1 << 16:  # parsing a large JSON body would hold up the event loop
             parsed = await run_in_threadpool(v2_tensors.read_request, body, header_length)
         else:
             parsed = v2_tensors.read_request(body, header_length)
-        datatype, binary = output_choice(parsed.header, manifest)
-        sample = check_parameters(parsed.header)
-        truncation = None
-        if parsed.header.inputs:
-            plan = tensor_plan(parsed, manifest, settings)
-            check_output_size(plan.rows, manifest, datatype, binary, settings, "inputs")
-        else:
-            native = generate_request(model.name, model.version, sample)
-            seed, truncation = plans.chosen_seed(native.seed), native.truncation
-            try:
-                plans.check_limit(native.n, settings.max_n, "n", "GAN_MAX_N")
-                check_output_size(native.n, manifest, datatype, binary, settings, "n")
-                plan = await offload(native.n, plans.generate_plan, native, manifest, settings, seed)
-            except plans.PlanError as error:  # its fields are the parameters'
-                raise TensorError(error.detail, f"parameters.{error.field}") from None
+        planned = await plan_inference(parsed, model, state.settings)
+        plan = planned.plan
         x = await run_model(model, plan.feeds, plan.rows, request, state)
         head: dict[str, Any] = {"model_name": model.name, "model_version": str(model.version)}
         head |= ({"id": parsed.header.id} if parsed.header.id is not None else {}) | {
-            "parameters": response_parameters(model, plan, truncation)
+            "parameters": response_parameters(model, plan, planned.truncation)
         }
-        content, json_length = await offload(plan.rows, encode, x, head, datatype, binary)
+        content, json_length = await offload(plan.rows, encode, x, head, planned)
         headers = provenance_headers(model, plan)
         if json_length is None:
             return Response(content, media_type="application/json", headers=headers)
@@ -343,19 +365,25 @@ async def server_live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/health/ready", response_model=ReadyResponse)
-async def server_ready(state: StateDep) -> JSONResponse:
-    """Readiness, as /readyz: models loaded (on CUDA when GAN_DEVICE=cuda) and not draining."""
+def not_ready(state: AppState) -> str | None:
+    """Why the server is not ready (as /readyz: models loaded, on CUDA when GAN_DEVICE=cuda, not draining)."""
     if state.draining:
-        return v2_error(503, "the service is draining")
+        return "the service is draining"
     if not state.repository.ready():
         reasons = [
             f"{m.key}: {m.reason or f'provider {m.provider}'}"
             for m in state.repository.all()
             if m.status != "ready"
         ]
-        return v2_error(503, "not ready: " + ("; ".join(reasons) or "no model loaded"))
-    return JSONResponse({"ready": True})
+        return "not ready: " + ("; ".join(reasons) or "no model loaded")
+    return None
+
+
+@router.get("/health/ready", response_model=ReadyResponse)
+async def server_ready(state: StateDep) -> JSONResponse:
+    """Readiness, as /readyz: models loaded (on CUDA when GAN_DEVICE=cuda) and not draining."""
+    reason = not_ready(state)
+    return JSONResponse({"ready": True}) if reason is None else v2_error(503, reason)
 
 
 @router.get("", response_model=ServerMetadata)
