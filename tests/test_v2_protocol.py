@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from tritonclient.utils import InferenceServerException
 from service.gate import endpoint_label
 from service.main import create_app
 from service.settings import Settings
-from tests.support import Hold, asgi_client, running_service
+from tests.support import Hold, asgi_client, eventually, running_service
 
 
 @pytest.fixture(scope="module")
@@ -313,3 +314,34 @@ def test_a_full_queue_is_429_with_retry_after(model_dir: Path) -> None:
 )
 def test_v2_paths_are_bounded_metric_labels(path: str, label: str) -> None:
     assert endpoint_label(path) == label
+
+
+def test_a_request_past_its_deadline_is_504(model_dir: Path) -> None:
+    timeout_s = 0.5
+    settings = app_settings(model_dir, request_timeout_s=timeout_s, max_batch_rows=4, runners=1)
+
+    async def scenario() -> list[httpx.Response]:
+        app = create_app(settings)
+        async with asgi_client(app) as c:
+            hold = Hold(app.state.gan.repository.get("ring").batcher)
+            path = "/v2/models/ring/infer"
+            first = asyncio.ensure_future(c.post(path, json={"inputs": [], "parameters": {"n": 4}}))
+            await hold.until(entered=1, queued=0)
+            late = asyncio.ensure_future(c.post(path, json={"inputs": [], "parameters": {"n": 1}}))
+            await hold.until(entered=1, queued=1)
+            queued_by = time.monotonic()
+            await eventually(lambda: time.monotonic() > queued_by + timeout_s, what="its deadline to pass")
+            hold.gate.set()
+            return list(await asyncio.gather(first, late))
+
+    first, late = asyncio.run(scenario())
+    assert first.status_code == 200
+    assert late.status_code == 504 and "GAN_REQUEST_TIMEOUT_S" in late.json()["error"]
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_requests_are_inflated(client: triton.InferenceServerClient, algorithm: str) -> None:
+    z = np.full((2, 8), 0.25, np.float32)
+    plain = client.infer("ring", [tensor("z", z)]).as_numpy("x")
+    packed = client.infer("ring", [tensor("z", z)], request_compression_algorithm=algorithm).as_numpy("x")
+    assert packed.tobytes() == plain.tobytes()
