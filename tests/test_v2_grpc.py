@@ -228,3 +228,23 @@ def test_keys_drain_and_a_full_queue(model_dir: Path) -> None:
     assert 'gan_requests_total{endpoint="grpc ModelInfer",model="ring",status="200"} 3.0' in metrics
     assert 'gan_requests_total{endpoint="grpc ModelInfer",model="ring",status="429"} 1.0' in metrics
     assert 'gan_rejections_total{model="",reason="unauthorized"} 1.0' in metrics
+
+
+def test_the_response_limit_counts_raw_bytes_on_grpc(model_dir: Path) -> None:
+    """100 ring points are 800 raw bytes, within a 1024-byte limit; as JSON numbers they are not."""
+    port = free_port()
+    settings = Settings(model_dir=model_dir, grpc_port=port, max_response_bytes=1024)
+    parameters = {"n": 100, "seed": 1}
+
+    async def scenario() -> tuple[tuple[int, ...], int, int]:
+        app = create_app(settings)
+        async with asgi_client(app) as http, triton_aio.InferenceServerClient(f"127.0.0.1:{port}") as c:
+            shape = (await c.infer("ring", [], parameters=parameters)).as_numpy("x").shape
+            body = {"inputs": [], "parameters": parameters}
+            as_json = await http.post("/v2/models/ring/infer", json=body)
+            as_binary = await http.post(
+                "/v2/models/ring/infer", json=body | {"parameters": parameters | {"binary_data_output": True}}
+            )
+            return shape, as_json.status_code, as_binary.status_code
+
+    assert asyncio.run(scenario()) == ((100, 2), 400, 200)

@@ -274,7 +274,7 @@ class InferenceService:
     async def model_infer(self, request: Any, context: Any) -> tuple[Any, str]:
         model: ReadyModel = v2.resolve(self.state, request.model_name, request.model_version or None)
         parsed = read_infer_request(request)
-        planned = await v2.plan_inference(parsed, model, self.state.settings)
+        planned = await v2.plan_inference(parsed, model, self.state.settings, raw=True)
         plan = planned.plan
         x = await run_model(model, plan.feeds, plan.rows, rpc_request(context), self.state)
         served = v2.served_x(x, planned.datatype)

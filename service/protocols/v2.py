@@ -298,10 +298,15 @@ class Planned:
     truncation: float | None = None
 
 
-async def plan_inference(parsed: v2_tensors.Request, model: ReadyModel, settings: Settings) -> Planned:
-    """The rows a read request asks for: its tensors, or the native plan of its sample parameters."""
+async def plan_inference(
+    parsed: v2_tensors.Request, model: ReadyModel, settings: Settings, raw: bool = False
+) -> Planned:
+    """The rows a read request asks for: its tensors, or the native plan of its sample parameters.
+
+    `raw`: x always goes back as raw bytes (gRPC), whatever the binary-data parameters say."""
     manifest = model.manifest
     datatype, binary = output_choice(parsed.header, manifest)
+    binary = binary or raw
     sample = check_parameters(parsed.header)
     if parsed.header.inputs:
         plan = tensor_plan(parsed, manifest, settings)
