@@ -6,7 +6,9 @@ take its unit normal. `z + strength * n` moves a sample toward the class.
 MNIST: `digit-0` … `digit-9`. Stacked MNIST (three digits as R, G, B): one direction per channel and digit,
 `red-7`, `green-7`, `blue-7` (30 in all); a 1,000-class boundary per triple would need far more samples.
 The strength is the smallest of STRENGTHS at which the perceptual net sees the target on at least 90 % of
-fresh samples (else the best), chosen on generated samples only; the evaluator's figures come from edit-eval.
+the edited latents (else the best): the encoder's latents of 500 validation images (carved from the training
+split) when the version has an encoder, fresh samples otherwise. The evaluator's figures come from edit-eval
+(test images), which plays no part in the choice.
 """
 
 from __future__ import annotations
@@ -63,6 +65,19 @@ def choose_strength(
     return strength, {"own_classifier_success": rates[strength]}
 
 
+def strength_latents(model: ExportedModel, rng: np.random.Generator, n: int = 500) -> np.ndarray:
+    """Where the strengths are chosen: encoded validation images if there is an encoder, else samples."""
+    if model.manifest.encoder is None:
+        return rng.standard_normal((n, model.spec.z_dim), dtype=np.float32)
+    import onnxruntime as ort
+
+    from training.edit_data import RealImages
+
+    x, _ = RealImages(model.data, "val").first(n)
+    session = ort.InferenceSession(str(model.path / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    return session.run(["z"], {"x": x.numpy()})[0]
+
+
 def fit_directions(
     model: ExportedModel, percept: PerceptualNet, samples: int, seed: int = 0
 ) -> list[Direction]:
@@ -71,7 +86,7 @@ def fit_directions(
     rng = np.random.default_rng(seed)
     z = rng.standard_normal((samples, model.spec.z_dim), dtype=np.float32)
     labels = label_samples(model, percept, z)  # (N, C)
-    held = rng.standard_normal((1000, model.spec.z_dim), dtype=np.float32)  # for the strengths only
+    held = strength_latents(model, rng)
     channels = labels.shape[1]
     classes = percept.net.fc2.out_features
     directions = []
