@@ -24,7 +24,7 @@ from tritonclient.utils import InferenceServerException
 
 from service.main import create_app
 from service.settings import Settings
-from tests.support import Hold, asgi_client, free_port, running_service
+from tests.support import Hold, asgi_client, eventually, free_port, running_service
 
 
 @pytest.fixture(scope="module")
@@ -248,3 +248,36 @@ def test_the_response_limit_counts_raw_bytes_on_grpc(model_dir: Path) -> None:
             return shape, as_json.status_code, as_binary.status_code
 
     assert asyncio.run(scenario()) == ((100, 2), 400, 200)
+
+
+def test_an_rpc_whose_deadline_passed_is_not_computed(model_dir: Path) -> None:
+    """The client's deadline ends the RPC while its rows wait behind a held batch: they are dropped."""
+    port = free_port()
+    settings = Settings(model_dir=model_dir, grpc_port=port, max_batch_rows=4, runners=1)
+
+    async def scenario() -> tuple[str, float, int]:
+        app = create_app(settings)
+        async with asgi_client(app) as http, triton_aio.InferenceServerClient(f"127.0.0.1:{port}") as c:
+            hold = Hold(app.state.gan.repository.get("ring").batcher)
+            busy = asyncio.ensure_future(http.post("/generate", json={"model": "ring", "n": 4}))
+            await hold.until(entered=1, queued=0)
+            late = asyncio.ensure_future(c.infer("ring", [], parameters={"n": 3}, client_timeout=0.5))
+            await hold.until(entered=1, queued=3)
+            try:
+                await late
+                status = "OK"
+            except InferenceServerException as error:
+                status = str(error.status())
+            metrics = app.state.gan.metrics
+            ended = metrics.requests.labels("grpc ModelInfer", "", "499")
+            await eventually(lambda: ended._value.get() == 1, what="the server to see the RPC end")
+            hold.gate.set()
+            assert (await busy).status_code == 200
+            # the batcher drops the dropped rows when it next collects; had they been kept, it would run them
+            await eventually(lambda: hold.batcher.queued_rows == 0, what="the queue to empty")
+            await asyncio.sleep(0.2)
+            return status, metrics.batch_rows.labels("ring")._sum.get(), hold.entered
+
+    status, computed, batches = asyncio.run(scenario())
+    assert status == "StatusCode.DEADLINE_EXCEEDED"
+    assert computed == 4 and batches == 1  # the busy batch only: nothing of the RPC
