@@ -244,3 +244,31 @@ def test_ssim_and_psnr() -> None:
     np.testing.assert_allclose(
         ssim(flat_a, flat_b), (2 * mu_a * mu_b + c1) / (mu_a**2 + mu_b**2 + c1), rtol=1e-6
     )
+
+
+def test_project_cli_writes_latent_and_picture(edit_models: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    x, _ = RealImages("digits", "val").first(1)
+    pixels = ((x[0, 0].numpy() + 1) * 127.5).round().astype(np.uint8)
+    Image.fromarray(pixels, "L").save(tmp_path / "digit.png")
+    run_dir = _run_dir(edit_models, "digits")
+    argv = [
+        "project",
+        "--model-dir",
+        str(edit_models),
+        "--name",
+        "digits",
+        "--image",
+        str(tmp_path / "digit.png"),
+    ]
+    assert (
+        main(
+            [*argv, "--label", "3", "--steps", "5", "--run-dir", str(run_dir), "--out", str(tmp_path / "out")]
+        )
+        == 0
+    )
+    latent = np.load(tmp_path / "out" / "latent.npy")
+    assert latent.shape == (load_exported(edit_models, "digits").spec.z_dim,)
+    with Image.open(tmp_path / "out" / "projection.png") as picture:
+        assert picture.size == (3 * (8 + 2) + 2, 8 + 4)  # original | encoder | projected
