@@ -1,331 +1,49 @@
-"""Open Inference Protocol (KServe v2) over HTTP, on the service's own port, batchers and limits.
+"""Open Inference Protocol (KServe v2) over HTTP, on the service's own port, batchers and limits: the routes.
 
-Health, server and model metadata, model readiness, and inference. An inference request either carries the
-generator's inputs as tensors (`z` [N, z_dim] FP32, and `c` [N, num_classes] FP32 for conditional models), or
-no inputs and the native API's sample parameters (`seed`, `offset`, `n`, `labels`, `truncation`): those are
-planned by `service.plans.generate_plan`, so they give the very samples `/generate` gives.
+Health, server and model metadata (service.protocols.v2_metadata), model readiness, and inference. An inference
+request either carries the generator's inputs as tensors (`z` [N, z_dim] FP32, and `c` [N, num_classes] FP32 for
+conditional models), or no inputs and the native API's sample parameters (`seed`, `offset`, `n`, `labels`,
+`truncation`): service.protocols.v2_plans plans both, the latter with `service.plans.generate_plan`, so they give
+the very samples `/generate` gives.
 
 The output `x` is FP32 in the graph's layout ([N, C, H, W] images, [N, D] vectors); an image model's `x` comes
 as UINT8 [N, H, W, C] (the bytes of `/generate`'s npy) when the output or the request has the parameter
 `datatype: "UINT8"`. Tensors travel as JSON or as Triton's binary tensor data (service.protocols.v2_tensors).
-Errors are `{"error": "..."}`: 400 for a request the model cannot take, 404 for an unknown model or version,
-and otherwise the native API's codes (401, 413, 429, 503, 504).
+Errors are `{"error": "..."}` (service.protocols.v2_errors): 400 for a request the model cannot take, 404 for an
+unknown model or version, and otherwise the native API's codes (401, 413, 429, 503, 504).
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from service import encoding, plans
-from service.errors import Problem, problem_of
 from service.inference import run_model
-from service.manifest import Manifest
 from service.offload import offload
-from service.protocols import v2_tensors
-from service.protocols.v2_tensors import HEADER_LENGTH, InferenceRequest, Output, Parameter, TensorError
-from service.repository import ModelNotFound, ReadyModel
+from service.protocols import v2_metadata, v2_tensors
+from service.protocols.v2_errors import v2_error, v2_errors, v2_problem_response
+from service.protocols.v2_metadata import (
+    LiveResponse,
+    ModelMetadata,
+    ModelReadyResponse,
+    ReadyResponse,
+    ServerMetadata,
+    model_metadata,
+    not_ready,
+    ready_versions,
+    resolve,
+)
+from service.protocols.v2_plans import Planned, plan_inference, response_parameters, served_x
+from service.protocols.v2_tensors import HEADER_LENGTH, Output
 from service.responses import provenance_headers
 from service.routes import StateDep, model_label
-from service.schemas import GenerateRequest
-from service.settings import Settings
 from service.state import AppState
 
-PLATFORM = "onnxruntime_onnx"
-EXTENSIONS = ["binary_tensor_data", "parameters"]
-SAMPLE_PARAMETERS = ("seed", "offset", "n", "labels", "truncation")  # the native API's, for /generate's plan
-OUTPUT_PARAMETERS = ("binary_data_output", "datatype")
-MAX_ABS_INPUT = 1e4  # as /interpolate's explicit z
-# Bytes one output value costs: raw FP32 or UINT8, or JSON text (as service.plans counts JSON numbers).
-VALUE_BYTES = {("FP32", True): 4, ("UINT8", True): 1, ("FP32", False): 24, ("UINT8", False): 4}
-
-
-class V2Error(BaseModel):
-    error: str
-
-
-class ServerMetadata(BaseModel):
-    name: str
-    version: str
-    extensions: list[str]
-
-
-class TensorMetadata(BaseModel):
-    name: str
-    datatype: str
-    shape: list[int]
-
-
-class ModelMetadata(BaseModel):
-    name: str
-    versions: list[str]
-    platform: str
-    inputs: list[TensorMetadata]
-    outputs: list[TensorMetadata]
-
-
-class LiveResponse(BaseModel):
-    live: bool
-
-
-class ReadyResponse(BaseModel):
-    ready: bool
-
-
-class ModelReadyResponse(BaseModel):
-    name: str
-    ready: bool
-
-
-def v2_errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    what = {
-        400: "a request the model cannot take: the message names the field and the limit",
-        401: "missing or unknown API key (when keys are configured)",
-        404: "no such model or version",
-        413: "request body over GAN_MAX_BODY_BYTES (inflated, when compressed)",
-        429: "queue full: retry after the Retry-After header's seconds",
-        503: "draining, not ready, or the model failed to load",
-        504: "not computed within GAN_REQUEST_TIMEOUT_S",
-    }
-    return {code: {"model": V2Error, "description": what[code]} for code in codes}
-
-
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (v2)"], responses=v2_errors(401, 503))
-
-
-def v2_error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": detail}, status_code=status, headers=headers)
-
-
-def problem(error: Exception, state: AppState) -> Problem | None:
-    if isinstance(error, TensorError):
-        too_large = isinstance(error, v2_tensors.TooLarge)
-        return Problem(
-            413 if too_large else 400,
-            error.detail,
-            error.field,
-            None,
-            "body_too_large" if too_large else "invalid",
-        )
-    return problem_of(error, state)
-
-
-def v2_problem_response(error: Exception, state: AppState, model: str = "") -> JSONResponse:
-    """The protocol's answer to `error`: `{"error": "field: detail"}`, 400 where the native API says 422.
-
-    Counted as the native routes count rejections; unknown errors are raised again (a 500)."""
-    found = problem(error, state)
-    if found is None:
-        raise error
-    if found.reason is not None:
-        state.metrics.rejections.labels(model, found.reason).inc()
-    headers = (found.headers or {}) | ({"X-Model": model} if model else {})
-    detail = f"{found.field}: {found.detail}" if found.field else found.detail
-    return v2_error(400 if found.status == 422 else found.status, detail, headers or None)
-
-
-def resolve(state: AppState, name: str, version: str | None) -> ReadyModel:
-    """The model, at the version the path names (a decimal number) or its default one."""
-    if version is None or name not in state.repository.models:
-        return state.repository.get(name)
-    if not re.fullmatch(r"[1-9][0-9]{0,8}", version):
-        raise ModelNotFound(
-            f"model '{name}' has no version '{version}'; versions: {sorted(state.repository.models[name])}"
-        )
-    return state.repository.get(name, int(version))
-
-
-def model_metadata(model: ReadyModel, versions: list[str]) -> dict[str, Any]:
-    manifest = model.manifest
-    inputs = [{"name": "z", "datatype": "FP32", "shape": [-1, manifest.z_dim]}]
-    if manifest.num_classes:
-        inputs.append({"name": "c", "datatype": "FP32", "shape": [-1, manifest.num_classes]})
-    return {
-        "name": model.name,
-        "versions": versions,
-        "platform": PLATFORM,
-        "inputs": inputs,
-        "outputs": [{"name": "x", "datatype": "FP32", "shape": [-1, *manifest.output_shape]}],
-    }
-
-
-def ready_versions(state: AppState, name: str) -> list[str]:
-    versions = state.repository.models.get(name, {})
-    return [str(v) for v, model in sorted(versions.items()) if isinstance(model, ReadyModel)]
-
-
-# --- what an inference request asks for ----------------------------------------------------------------
-
-
-def output_choice(header: InferenceRequest, manifest: Manifest) -> tuple[str, bool]:
-    """(datatype of x, whether it goes as binary): request parameters, overridden by the output's own."""
-    params = header.parameters or {}
-    datatype, binary = params.get("datatype", "FP32"), params.get("binary_data_output", False)
-    field = "parameters"
-    seen: set[str] = set()
-    for i, out in enumerate(header.outputs or []):
-        field = f"outputs[{i}]"
-        if out.name != "x":
-            raise TensorError(f"model {manifest.name} has one output, 'x'; got '{out.name}'", f"{field}.name")
-        if out.name in seen:
-            raise TensorError("output 'x' is asked for twice", f"{field}.name")
-        seen.add(out.name)
-        own = out.parameters or {}
-        unknown = sorted(set(own) - {"binary_data", "datatype"})
-        if unknown:
-            raise TensorError(
-                f"unknown output parameters {unknown}: binary_data, datatype", f"{field}.parameters"
-            )
-        datatype, binary = own.get("datatype", datatype), own.get("binary_data", binary)
-    if not isinstance(binary, bool):
-        raise TensorError("binary_data and binary_data_output must be true or false", field)
-    if datatype not in ("FP32", "UINT8"):
-        raise TensorError(f"datatype of x must be FP32 or UINT8, got {datatype!r}", f"{field}.datatype")
-    if datatype == "UINT8" and manifest.kind != "image":
-        raise TensorError(f"model {manifest.name} outputs vectors: x is FP32 only", f"{field}.datatype")
-    return str(datatype), binary
-
-
-def check_parameters(header: InferenceRequest) -> dict[str, Parameter]:
-    """The request's sample parameters, after refusing unknown ones and mixing them with input tensors."""
-    params = header.parameters or {}
-    unknown = sorted(set(params) - set(SAMPLE_PARAMETERS) - set(OUTPUT_PARAMETERS))
-    if unknown:
-        known = [*SAMPLE_PARAMETERS, *OUTPUT_PARAMETERS]
-        raise TensorError(f"unknown parameters {unknown}; this server reads {known}", "parameters")
-    sample = {k: v for k, v in params.items() if k in SAMPLE_PARAMETERS}
-    if sample and header.inputs:
-        raise TensorError(
-            f"parameters {sorted(sample)} choose the samples: give them with no inputs, or give z (and c) only",
-            "parameters",
-        )
-    return sample
-
-
-def generate_request(name: str, version: int, sample: dict[str, Parameter]) -> GenerateRequest:
-    """The native request the parameters stand for: labels may list classes as "3,1,Dress"."""
-    fields: dict[str, Any] = dict(sample)
-    labels = fields.get("labels")
-    if isinstance(labels, str) and "," in labels:
-        fields["labels"] = [part.strip() for part in labels.split(",")]
-    try:
-        return GenerateRequest.model_validate({"model": name, "version": version, "format": "npy", **fields})
-    except ValidationError as error:
-        item = error.errors()[0]
-        loc = ".".join(str(p) for p in item["loc"][:1])
-        raise TensorError(item["msg"], f"parameters.{loc}") from None
-
-
-def tensor_plan(request: v2_tensors.Request, manifest: Manifest, settings: Settings) -> plans.Plan:
-    """Feeds from explicit tensors: z [N, z_dim] FP32, and c [N, num_classes] FP32 for conditional models."""
-    widths = {"z": manifest.z_dim} | ({"c": manifest.num_classes} if manifest.num_classes else {})
-    names = [spec.name for spec in request.header.inputs]
-    unknown, missing = sorted(set(names) - set(widths)), [n for n in widths if n not in names]
-    if unknown or missing:
-        raise TensorError(
-            f"model {manifest.name} takes inputs {list(widths)}; "
-            + (f"unknown: {unknown}" if unknown else f"missing: {missing}"),
-            "inputs",
-        )
-    feeds, rows = {}, None
-    for i, spec in enumerate(request.header.inputs):
-        field, width = f"inputs[{i}]", widths[spec.name]
-        if spec.datatype != "FP32":
-            raise TensorError(f"input {spec.name} must be FP32, got {spec.datatype}", f"{field}.datatype")
-        array = request.arrays[spec.name]
-        if array.ndim != 2 or array.shape[1] != width:
-            raise TensorError(
-                f"input {spec.name} must have shape [-1, {width}], got {spec.shape}", f"{field}.shape"
-            )
-        if rows is not None and array.shape[0] != rows:
-            raise TensorError(
-                f"inputs have {rows} and {array.shape[0]} rows: they must agree", f"{field}.shape"
-            )
-        rows = array.shape[0]
-        if not np.isfinite(array).all() or (array.size and np.abs(array).max() > MAX_ABS_INPUT):
-            raise TensorError(f"{spec.name} must be finite numbers with |value| <= 10000", f"{field}.data")
-        feeds[spec.name] = np.array(array, dtype=np.float32)  # a copy: binary inputs view the request body
-    assert rows is not None  # z is always among the inputs
-    if rows == 0:
-        raise TensorError("inputs need at least 1 row", "inputs[0].shape")
-    if rows > settings.max_n:
-        raise TensorError(f"inputs have {rows} rows; at most {settings.max_n} (GAN_MAX_N)", "inputs[0].shape")
-    return plans.Plan(feeds, None, list(range(rows)))
-
-
-def check_output_size(
-    rows: int, manifest: Manifest, datatype: str, binary: bool, settings: Settings, field: str
-) -> None:
-    size = rows * int(np.prod(manifest.output_shape)) * VALUE_BYTES[datatype, binary]
-    if size > settings.max_response_bytes:
-        raise plans.PlanError(
-            f"{rows} rows of {manifest.name} as {datatype} {'binary' if binary else 'JSON'} would be about "
-            f"{size} bytes; at most {settings.max_response_bytes} (GAN_MAX_RESPONSE_BYTES): ask for fewer rows "
-            "or binary data",
-            field,
-        )
-
-
-def response_parameters(
-    model: ReadyModel, plan: plans.Plan, truncation: float | None
-) -> dict[str, Parameter]:
-    """Provenance (as the native X-* headers carry it), and the seed, offset, truncation and labels of seeded
-    samples."""
-    params: dict[str, Parameter] = {"onnx_sha256": model.manifest.onnx_sha256, "provider": model.provider}
-    if plan.seed is not None:
-        params |= {"seed": plan.seed, "offset": plan.indices[0] if plan.indices else 0}
-    if truncation is not None:
-        params["truncation"] = truncation
-    if plan.seed is not None and plan.labels is not None:
-        params["labels"] = ",".join(str(int(v)) for v in plan.labels)
-    return params
-
-
-@dataclass(frozen=True)
-class Planned:
-    """What an inference request computes (the plan) and how its `x` goes back."""
-
-    plan: plans.Plan
-    datatype: str  # FP32 or UINT8
-    binary: bool
-    truncation: float | None = None
-
-
-async def plan_inference(
-    parsed: v2_tensors.Request, model: ReadyModel, settings: Settings, raw: bool = False
-) -> Planned:
-    """The rows a read request asks for: its tensors, or the native plan of its sample parameters.
-
-    `raw`: x always goes back as raw bytes (gRPC), whatever the binary-data parameters say."""
-    manifest = model.manifest
-    datatype, binary = output_choice(parsed.header, manifest)
-    binary = binary or raw
-    sample = check_parameters(parsed.header)
-    if parsed.header.inputs:
-        plan = tensor_plan(parsed, manifest, settings)
-        check_output_size(plan.rows, manifest, datatype, binary, settings, "inputs")
-        return Planned(plan, datatype, binary)
-    native = generate_request(model.name, model.version, sample)
-    seed = plans.chosen_seed(native.seed)
-    try:
-        plans.check_limit(native.n, settings.max_n, "n", "GAN_MAX_N")
-        check_output_size(native.n, manifest, datatype, binary, settings, "n")
-        plan = await offload(native.n, plans.generate_plan, native, manifest, settings, seed)
-    except plans.PlanError as error:  # its fields are the parameters'
-        raise TensorError(error.detail, f"parameters.{error.field}") from None
-    return Planned(plan, datatype, binary, native.truncation)
-
-
-def served_x(x: np.ndarray, datatype: str) -> np.ndarray:
-    """FP32 in the graph's layout, or UINT8 NHWC images (the bytes of /generate's npy)."""
-    return encoding.to_uint8_nhwc(x) if datatype == "UINT8" else x.astype(np.float32, copy=False)
 
 
 def encode(x: np.ndarray, head: dict[str, Any], planned: Planned) -> tuple[bytes, int | None]:
@@ -370,20 +88,6 @@ async def server_live() -> dict[str, bool]:
     return {"live": True}
 
 
-def not_ready(state: AppState) -> str | None:
-    """Why the server is not ready (as /readyz: models loaded, on CUDA when GAN_DEVICE=cuda, not draining)."""
-    if state.draining:
-        return "the service is draining"
-    if not state.repository.ready():
-        reasons = [
-            f"{m.key}: {m.reason or f'provider {m.provider}'}"
-            for m in state.repository.all()
-            if m.status != "ready"
-        ]
-        return "not ready: " + ("; ".join(reasons) or "no model loaded")
-    return None
-
-
 @router.get("/health/ready", response_model=ReadyResponse)
 async def server_ready(state: StateDep) -> JSONResponse:
     """Readiness, as /readyz: models loaded (on CUDA when GAN_DEVICE=cuda) and not draining."""
@@ -393,7 +97,7 @@ async def server_ready(state: StateDep) -> JSONResponse:
 
 @router.get("", response_model=ServerMetadata)
 async def server_metadata(request: Request) -> dict[str, Any]:
-    return {"name": "gan-serving", "version": request.app.version, "extensions": EXTENSIONS}
+    return v2_metadata.server_metadata(request.app.version)
 
 
 @router.get("/models/{model_name}", response_model=ModelMetadata, responses=v2_errors(404))
