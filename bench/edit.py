@@ -24,7 +24,7 @@ from PIL import Image
 
 from bench.load import closed_loop, running_service
 from bench.raw_ort import machine, session, timed_runs
-from service.manifest import load_manifest, version_numbers
+from service.manifest import load_manifest, version_path
 from service.runtime import intra_op_threads
 from service.settings import BUNDLED_MODELS, Settings
 
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--raw-seconds", type=float, default=1.0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    version_dir = args.model_dir / args.model / str(version_numbers(args.model_dir / args.model)[-1])
+    version_dir = version_path(args.model_dir, args.model)
     manifest = load_manifest(version_dir / "manifest.json")
     if manifest.encoder is None:
         print(f"{version_dir} has no encoder: nothing to benchmark", file=sys.stderr)

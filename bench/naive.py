@@ -19,7 +19,7 @@ import uvicorn
 from fastapi import FastAPI, Response
 from PIL import Image
 
-from service.manifest import load_manifest, version_numbers
+from service.manifest import load_manifest, version_path
 from service.settings import BUNDLED_MODELS
 
 
@@ -64,9 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True)
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
-    newest = version_numbers(args.model_dir / args.model)[-1]
     uvicorn.run(
-        build_app(args.model_dir / args.model / str(newest)),
+        build_app(version_path(args.model_dir, args.model)),
         host="127.0.0.1",
         port=args.port,
         log_level="warning",

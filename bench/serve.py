@@ -30,7 +30,7 @@ import psutil
 
 from bench.load import closed_loop, running_service
 from bench.raw_ort import feeds_for, machine, session, timed_runs
-from service.manifest import load_manifest, version_numbers
+from service.manifest import load_manifest, version_path
 from service.runtime import intra_op_threads
 from service.settings import BUNDLED_MODELS, Settings
 
@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     # 128 clients x 64 rows must fit in the queue, or the sweep measures 429s instead of throughput.
     extra_env = {"GAN_MAX_QUEUE_ROWS": "16384"} | dict(item.split("=", 1) for item in args.env)
-    version_dir = args.model_dir / args.model / str(version_numbers(args.model_dir / args.model)[-1])
+    version_dir = version_path(args.model_dir, args.model)
     references: dict[tuple[int, int], RawOrt] = {}
 
     def reference(env: dict[str, str]) -> RawOrt:

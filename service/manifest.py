@@ -276,6 +276,17 @@ def version_numbers(model_root: Path) -> list[int]:
     return sorted(int(p.name) for p in found)
 
 
+def version_path(model_dir: Path, name: str, version: int | None = None) -> Path:
+    """The folder of `name`'s `version`, or of its highest version; LookupError when there is none."""
+    root = Path(model_dir) / name
+    if version is None:
+        versions = version_numbers(root)
+        if not versions:
+            raise LookupError(f"{root}: no model versions")
+        version = versions[-1]
+    return root / str(version)
+
+
 def version_dirs(model_dir: Path) -> list[VersionDir]:
     """Every `<name>/<version>` folder of a model directory, by name then version; hidden folders are skipped
     (they are exports and copies still in flight)."""

@@ -255,8 +255,8 @@ def report(m: Manifest) -> str:
 
 
 def evaluate_cli(args: Any, command: str) -> str:
-    from training.onnx_generator import version_path
+    from training.onnx_generator import served_version
 
-    path = version_path(args.model_dir, args.name, args.version)
+    path = served_version(args.model_dir, args.name, args.version)
     manifest = evaluate_edits(path, args.images, command, not args.no_write, args.project, args.run_dir)
     return report(manifest)

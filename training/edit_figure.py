@@ -42,10 +42,10 @@ def figure_rows(served: Served, n: int = 10, edits: list[str] | None = None) -> 
 
 
 def write_figure(args: Any) -> dict[str, Any]:
-    from training.onnx_generator import version_path
+    from training.onnx_generator import served_version
     from training.preview import image_grid
 
-    served = Served(version_path(args.model_dir, args.name, args.version))
+    served = Served(served_version(args.model_dir, args.name, args.version))
     grid, names = figure_rows(served, args.n, args.edits.split(",") if args.edits else None)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     image = image_grid(grid, nrow=args.n)

@@ -27,7 +27,7 @@ from service.manifest import (
     QualityGate,
     load_manifest,
     save_manifest,
-    version_numbers,
+    version_path,
 )
 from training.data import MIXTURES, make_source
 from training.feature_net import FEATURE_SPACE, Evaluator
@@ -170,13 +170,10 @@ def evaluate(
 
     `samples` shrinks the image protocols for a quick check; `write=False` measures without saving.
     """
-    root = Path(model_dir) / name
-    if version is None:
-        versions = version_numbers(root)
-        if not versions:
-            raise ValueError(f"{root}: no model versions")
-        version = versions[-1]
-    path = root / str(version)
+    try:
+        path = version_path(Path(model_dir), name, version)
+    except LookupError as error:
+        raise ValueError(str(error)) from None
     manifest = load_manifest(path / MANIFEST_FILE)
     if sha256_file(path / ONNX_FILE) != manifest.onnx_sha256:
         raise ValueError(f"{path / ONNX_FILE}: sha256 differs from the manifest")

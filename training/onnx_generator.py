@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from service.files import sha256_file
-from service.manifest import MANIFEST_FILE, ONNX_FILE, Manifest, load_manifest, version_numbers
+from service.manifest import MANIFEST_FILE, ONNX_FILE, Manifest, load_manifest, version_path
 from training.config import TrainConfig
 from training.data import builtin_spec
 from training.export import PARITY_BATCHES, PARITY_TOLERANCE, Generator, parity_inputs
@@ -45,14 +45,12 @@ class ExportedModel:
         return self.manifest.training.data.split(":", 1)[0]
 
 
-def version_path(model_dir: Path, name: str, version: int | None) -> Path:
-    root = Path(model_dir) / name
-    if version is None:
-        versions = version_numbers(root)
-        if not versions:
-            raise RebuildError(f"{root}: no model versions")
-        version = versions[-1]
-    path = root / str(version)
+def served_version(model_dir: Path, name: str, version: int | None) -> Path:
+    """The version folder (default: the highest), which must hold a manifest."""
+    try:
+        path = version_path(model_dir, name, version)
+    except LookupError as error:
+        raise RebuildError(str(error)) from None
     if not (path / MANIFEST_FILE).is_file():
         raise RebuildError(f"{path}: no manifest")
     return path
@@ -122,7 +120,7 @@ def generator_parity(G: nn.Module, spec: NetSpec, onnx_path: Path) -> float:
 
 def load_exported(model_dir: Path, name: str, version: int | None = None) -> ExportedModel:
     """The exported generator as a frozen torch module, checked against ONNX Runtime (≤ 1e-4)."""
-    path = version_path(model_dir, name, version)
+    path = served_version(model_dir, name, version)
     manifest = load_manifest(path / MANIFEST_FILE)
     if sha256_file(path / ONNX_FILE) != manifest.onnx_sha256:
         raise RebuildError(f"{path / ONNX_FILE}: sha256 differs from the manifest")
