@@ -37,6 +37,7 @@ __all__ = [
     "asgi_client",
     "eventually",
     "free_port",
+    "past_deadline",
     "running_service",
     "session_provider",
     "tiny_config",
@@ -141,6 +142,30 @@ class Hold:
                 f"(now {self.entered} and {self.batcher.queued_rows})"
             ),
         )
+
+
+def past_deadline(
+    settings: Any, path: str, first: dict[str, Any], late: dict[str, Any]
+) -> list[httpx.Response]:
+    """`first` held in the model of `ring`, `late` queued behind it until its deadline has passed, then both
+    answered: (first's response, late's response)."""
+    from service.main import create_app  # the app only for the tests that build one
+
+    async def scenario() -> list[httpx.Response]:
+        app = create_app(settings)
+        async with asgi_client(app) as c:
+            hold = Hold(app.state.gan.repository.get("ring").batcher)
+            held = asyncio.ensure_future(c.post(path, json=first))
+            await hold.until(entered=1, queued=0)
+            queued = asyncio.ensure_future(c.post(path, json=late))
+            await hold.until(entered=1, queued=1)
+            queued_by = time.monotonic()
+            timeout_s = settings.request_timeout_s
+            await eventually(lambda: time.monotonic() > queued_by + timeout_s, what="its deadline to pass")
+            hold.gate.set()
+            return list(await asyncio.gather(held, queued))
+
+    return asyncio.run(scenario())
 
 
 # --- encoders: tiny real graphs with the encoder's signature ------------------------------------------

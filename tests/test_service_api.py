@@ -5,7 +5,6 @@ import base64
 import io
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from PIL import Image
 
 from service.main import create_app
 from service.settings import Settings
-from tests.support import Hold, asgi_client, eventually, session_provider
+from tests.support import Hold, asgi_client, past_deadline, session_provider
 
 SETTINGS = {"max_n": 256}
 
@@ -325,26 +324,10 @@ def test_overload_gets_429_with_computed_retry_after(model_dir: Path) -> None:
 
 
 def test_deadline_gives_504(model_dir: Path) -> None:
-    timeout_s = 0.5
-
-    async def scenario() -> list[httpx.Response]:
-        app = create_app(
-            Settings(
-                model_dir=model_dir, request_timeout_s=timeout_s, max_batch_rows=4, max_wait_ms=0, runners=1
-            )
-        )
-        async with asgi_client(app) as c:
-            hold = Hold(app.state.gan.repository.get("ring").batcher)
-            first = asyncio.ensure_future(c.post("/generate", json={"model": "ring", "n": 4}))
-            await hold.until(entered=1, queued=0)
-            late = asyncio.ensure_future(c.post("/generate", json={"model": "ring", "n": 1}))
-            await hold.until(entered=1, queued=1)
-            queued_by = time.monotonic()
-            await eventually(lambda: time.monotonic() > queued_by + timeout_s, what="its deadline to pass")
-            hold.gate.set()
-            return list(await asyncio.gather(first, late))
-
-    first, late = asyncio.run(scenario())
+    settings = Settings(
+        model_dir=model_dir, request_timeout_s=0.5, max_batch_rows=4, max_wait_ms=0, runners=1
+    )
+    first, late = past_deadline(settings, "/generate", {"model": "ring", "n": 4}, {"model": "ring", "n": 1})
     assert first.status_code == 200
     assert late.status_code == 504 and "GAN_REQUEST_TIMEOUT_S" in late.json()["detail"]
 

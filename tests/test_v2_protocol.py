@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from tritonclient.utils import InferenceServerException
 from service.gate import endpoint_label
 from service.main import create_app
 from service.settings import Settings
-from tests.support import Hold, asgi_client, eventually, running_service
+from tests.support import Hold, asgi_client, past_deadline, running_service
 
 
 @pytest.fixture(scope="module")
@@ -317,24 +316,11 @@ def test_v2_paths_are_bounded_metric_labels(path: str, label: str) -> None:
 
 
 def test_a_request_past_its_deadline_is_504(model_dir: Path) -> None:
-    timeout_s = 0.5
-    settings = app_settings(model_dir, request_timeout_s=timeout_s, max_batch_rows=4, runners=1)
-
-    async def scenario() -> list[httpx.Response]:
-        app = create_app(settings)
-        async with asgi_client(app) as c:
-            hold = Hold(app.state.gan.repository.get("ring").batcher)
-            path = "/v2/models/ring/infer"
-            first = asyncio.ensure_future(c.post(path, json={"inputs": [], "parameters": {"n": 4}}))
-            await hold.until(entered=1, queued=0)
-            late = asyncio.ensure_future(c.post(path, json={"inputs": [], "parameters": {"n": 1}}))
-            await hold.until(entered=1, queued=1)
-            queued_by = time.monotonic()
-            await eventually(lambda: time.monotonic() > queued_by + timeout_s, what="its deadline to pass")
-            hold.gate.set()
-            return list(await asyncio.gather(first, late))
-
-    first, late = asyncio.run(scenario())
+    settings = app_settings(model_dir, request_timeout_s=0.5, max_batch_rows=4, runners=1)
+    path = "/v2/models/ring/infer"
+    first, late = past_deadline(
+        settings, path, {"inputs": [], "parameters": {"n": 4}}, {"inputs": [], "parameters": {"n": 1}}
+    )
     assert first.status_code == 200
     assert late.status_code == 504 and "GAN_REQUEST_TIMEOUT_S" in late.json()["error"]
 
