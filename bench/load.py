@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -99,73 +99,119 @@ class Connection:
         self.writer.close()
 
 
-def http_post(host: str, port: int, path: str, body: dict[str, Any]) -> bytes:
-    data = json.dumps(body).encode()
-    head = f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+def http_post(
+    host: str, port: int, path: str, body: dict[str, Any] | bytes, headers: dict[str, str] | None = None
+) -> bytes:
+    """One POST request's bytes: a dict goes as JSON, bytes as they are (application/octet-stream)."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    kind = "application/octet-stream" if isinstance(body, bytes) else "application/json"
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {kind}\r\n{extra}"
     return (head + f"Content-Length: {len(data)}\r\n\r\n").encode() + data
+
+
+async def drive(
+    clients: list[Callable[[], Awaitable[Any]]], duration_s: float, max_requests: int
+) -> dict[str, Any]:
+    """A bounded closed loop: each callable is one client making one request and returning its status (200 is
+    success; a negative status ends that client). Each client sends its next request when the last returns,
+    until `duration_s` or `max_requests` (all clients together) runs out."""
+    latencies: list[float] = []
+    statuses: dict[Any, int] = {}
+    sent = 0
+    stop_at = time.perf_counter() + duration_s
+
+    async def client_loop(request: Callable[[], Awaitable[Any]]) -> None:
+        nonlocal sent
+        while time.perf_counter() < stop_at and sent < max_requests:
+            sent += 1
+            started = time.perf_counter()
+            status = await request()
+            statuses[status] = statuses.get(status, 0) + 1
+            if status == 200:
+                latencies.append(time.perf_counter() - started)
+            elif isinstance(status, int) and status < 0:
+                return
+
+    began = time.perf_counter()
+    await asyncio.gather(*(client_loop(c) for c in clients))
+    return {
+        "sent": sent,
+        "latencies": latencies,
+        "statuses": statuses,
+        "elapsed": time.perf_counter() - began,
+    }
+
+
+def summary(
+    run: dict[str, Any], concurrency: int, n: int, fmt: str, keep_latencies: bool = False
+) -> dict[str, Any]:
+    """Throughput and latency percentiles of a `drive` run whose requests each carry `n` images."""
+    ok, elapsed = len(run["latencies"]), run["elapsed"]
+    ms = np.array(run["latencies"]) * 1000 if ok else np.array([np.nan])
+    return {
+        "concurrency": concurrency,
+        "n": n,
+        "format": fmt,
+        "requests": run["sent"],
+        "ok": ok,
+        "errors": run["sent"] - ok,
+        "statuses": run["statuses"],
+        "seconds": round(elapsed, 3),
+        "requests_per_s": round(ok / elapsed, 1),
+        "images_per_s": round(ok * n / elapsed, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p95_ms": round(float(np.percentile(ms, 95)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "max_ms": round(float(ms.max()), 2),
+    } | ({"latencies_ms": [round(v, 3) for v in ms.tolist()]} if keep_latencies else {})
 
 
 async def closed_loop(
     url: str,
-    body: dict[str, Any],
+    body: dict[str, Any] | bytes,
     concurrency: int,
     duration_s: float,
     max_requests: int,
     path: str = "/generate",
     keep_latencies: bool = False,
+    headers: dict[str, str] | None = None,
+    decode: Callable[[dict[bytes, bytes], bytes], Any] | None = None,
+    n: int | None = None,
+    fmt: str | None = None,
 ) -> dict[str, Any]:
-    """`concurrency` clients, each sending its next request when the last one returns, until time or count runs out."""
+    """`concurrency` clients, each sending its next request when the last one returns, until time or count runs out.
+
+    `decode(headers, body)` is applied to every 200 response inside the timed request (a client that reads its
+    result); `n` (images per request) and `fmt` default to the JSON body's."""
     parsed = urlparse(url)
     host, port = parsed.hostname or "127.0.0.1", parsed.port or 80
-    payload = http_post(host, port, path, body)
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
+    payload = http_post(host, port, path, body, headers)
+    fields = body if isinstance(body, dict) else {}
     retry_after: set[int] = set()
-    sent = 0
     connections = [await Connection.open(host, port) for _ in range(concurrency)]
     await connections[0].request(payload)  # one warm request, not counted
-    stop_at = time.perf_counter() + duration_s
 
-    async def client_loop(connection: Connection) -> None:
-        nonlocal sent
-        while time.perf_counter() < stop_at and sent < max_requests:
-            sent += 1
-            started = time.perf_counter()
+    def client(connection: Connection) -> Callable[[], Awaitable[int]]:
+        async def request() -> int:
             try:
-                status, headers, _ = await connection.request(payload)
+                status, response_headers, content = await connection.request(payload)
             except (OSError, asyncio.IncompleteReadError):
-                statuses[-1] = statuses.get(-1, 0) + 1
-                return
-            statuses[status] = statuses.get(status, 0) + 1
-            if status == 200:
-                latencies.append(time.perf_counter() - started)
+                return -1
+            if status == 200 and decode is not None:
+                decode(response_headers, content)
             elif status == 429:
-                retry_after.add(int(headers.get(b"retry-after", b"-1")))
+                retry_after.add(int(response_headers.get(b"retry-after", b"-1")))
+            return status
 
-    began = time.perf_counter()
-    await asyncio.gather(*(client_loop(c) for c in connections))
-    elapsed = time.perf_counter() - began
+        return request
+
+    run = await drive([client(c) for c in connections], duration_s, max_requests)
     for connection in connections:
         connection.close()
-    ok = len(latencies)
-    ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
-    return {
-        "concurrency": concurrency,
-        "n": body.get("n", 1),
-        "format": body.get("format", "png"),
-        "requests": sent,
-        "ok": ok,
-        "errors": sent - ok,
-        "statuses": statuses,
-        "seconds": round(elapsed, 3),
-        "requests_per_s": round(ok / elapsed, 1),
-        "images_per_s": round(ok * body.get("n", 1) / elapsed, 1),
-        "p50_ms": round(float(np.percentile(ms, 50)), 2),
-        "p95_ms": round(float(np.percentile(ms, 95)), 2),
-        "p99_ms": round(float(np.percentile(ms, 99)), 2),
-        "max_ms": round(float(ms.max()), 2),
-        "retry_after_s": sorted(retry_after),
-    } | ({"latencies_ms": [round(v, 3) for v in ms.tolist()]} if keep_latencies else {})
+    images = n if n is not None else fields.get("n", 1)
+    result = summary(run, concurrency, images, fmt or fields.get("format", "png"), keep_latencies)
+    return result | {"retry_after_s": sorted(retry_after)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,9 @@ import json
 import os
 import platform
 import sys
+import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,8 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper, shape_inference
 
 from service.manifest import load_manifest, version_dirs
-from service.settings import BUNDLED_MODELS
+from service.runtime import intra_op_threads
+from service.settings import BUNDLED_MODELS, Settings
 
 DEFAULT_BATCHES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
@@ -165,6 +168,72 @@ def measure_model(
         "onnx_bytes": (version_dir / "model.onnx").stat().st_size,
         "rows": rows,
     }
+
+
+# --- the service's reference: its threads and runners, timed on demand ----------------------------------
+
+
+def service_threads(env: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """(ONNX Runtime threads per run, runners) the service uses under these settings (GAN_RUNNERS and
+    GAN_INTRA_OP_THREADS in `env`, then the environment, then the defaults), as the service computes them."""
+    setting = {**os.environ, **(env or {})}
+    runners = int(setting.get("GAN_RUNNERS", str(Settings.model_fields["runners"].default)))
+    return intra_op_threads(int(setting.get("GAN_INTRA_OP_THREADS", "0")), runners), runners
+
+
+class RawOrt:
+    """Raw ONNX Runtime on the same model, threads and runners as the service, timed on demand and cached.
+
+    With R runners the service computes R batches at once on one session; so does the reference: R threads
+    call `run` on the same session, and images/s is their total.
+    """
+
+    def __init__(self, version_dir: Path, threads: int, runners: int, seconds: float) -> None:
+        self.manifest = load_manifest(version_dir / "manifest.json")
+        self.sess = session(str(version_dir / "model.onnx"), threads)
+        self.runners, self.seconds, self.cache = runners, seconds, {}  # type: ignore[var-annotated]
+
+    def images_per_s(self, batch: int) -> float:
+        if batch not in self.cache:
+            feeds = feeds_for(self.manifest, batch)
+            if self.runners == 1:
+                rate = batch / timed_runs(lambda: self.sess.run(["x"], feeds), self.seconds)
+            else:
+                rate = concurrent_rate(self.sess, feeds, batch, self.runners, self.seconds)
+            self.cache[batch] = rate
+        return float(self.cache[batch])
+
+    def latency_ms(self, batch: int = 1) -> float:
+        """Median wall time of one run: the direct-call floor under a single request."""
+        feeds = feeds_for(self.manifest, batch)
+        self.sess.run(["x"], feeds)
+        times = []
+        for _ in range(500):
+            started = time.perf_counter()
+            self.sess.run(["x"], feeds)
+            times.append(time.perf_counter() - started)
+        return float(np.median(times) * 1000)
+
+
+def concurrent_rate(
+    sess: Any, feeds: dict[str, np.ndarray], batch: int, runners: int, seconds: float
+) -> float:
+    stop = time.perf_counter() + seconds
+    counts = [0] * runners
+
+    def loop(slot: int) -> None:
+        while time.perf_counter() < stop:
+            sess.run(["x"], feeds)
+            counts[slot] += 1
+
+    sess.run(["x"], feeds)
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(runners)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(counts) * batch / (time.perf_counter() - started)
 
 
 def machine() -> dict[str, Any]:

@@ -16,10 +16,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,10 +27,9 @@ import numpy as np
 import psutil
 
 from bench.load import closed_loop, running_service
-from bench.raw_ort import feeds_for, machine, session, timed_runs
-from service.manifest import load_manifest, version_path
-from service.runtime import intra_op_threads
-from service.settings import BUNDLED_MODELS, Settings
+from bench.raw_ort import RawOrt, machine, service_threads
+from service.manifest import version_path
+from service.settings import BUNDLED_MODELS
 
 SERVERS: dict[str, dict[str, Any]] = {
     "service": {"env": {}},
@@ -58,61 +55,6 @@ def batch_totals(url: str, model: str) -> tuple[float, float]:
         match = re.search(rf'^gan_batch_rows_{kind}{{model="{re.escape(model)}"}} (\S+)$', text, re.M)
         found[kind] = float(match.group(1)) if match else 0.0
     return found["sum"], found["count"]
-
-
-class RawOrt:
-    """Raw ONNX Runtime on the same model, threads and runners as the service, timed on demand and cached.
-
-    With R runners the service computes R batches at once on one session; so does the reference: R threads
-    call `run` on the same session, and images/s is their total.
-    """
-
-    def __init__(self, version_dir: Path, threads: int, runners: int, seconds: float) -> None:
-        self.manifest = load_manifest(version_dir / "manifest.json")
-        self.sess = session(str(version_dir / "model.onnx"), threads)
-        self.runners, self.seconds, self.cache = runners, seconds, {}  # type: ignore[var-annotated]
-
-    def images_per_s(self, batch: int) -> float:
-        if batch not in self.cache:
-            feeds = feeds_for(self.manifest, batch)
-            if self.runners == 1:
-                rate = batch / timed_runs(lambda: self.sess.run(["x"], feeds), self.seconds)
-            else:
-                rate = concurrent_rate(self.sess, feeds, batch, self.runners, self.seconds)
-            self.cache[batch] = rate
-        return float(self.cache[batch])
-
-    def latency_ms(self, batch: int = 1) -> float:
-        """Median wall time of one run: the direct-call floor under a single request."""
-        feeds = feeds_for(self.manifest, batch)
-        self.sess.run(["x"], feeds)
-        times = []
-        for _ in range(500):
-            started = time.perf_counter()
-            self.sess.run(["x"], feeds)
-            times.append(time.perf_counter() - started)
-        return float(np.median(times) * 1000)
-
-
-def concurrent_rate(
-    sess: Any, feeds: dict[str, np.ndarray], batch: int, runners: int, seconds: float
-) -> float:
-    stop = time.perf_counter() + seconds
-    counts = [0] * runners
-
-    def loop(slot: int) -> None:
-        while time.perf_counter() < stop:
-            sess.run(["x"], feeds)
-            counts[slot] += 1
-
-    sess.run(["x"], feeds)
-    threads = [threading.Thread(target=loop, args=(i,)) for i in range(runners)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return sum(counts) * batch / (time.perf_counter() - started)
 
 
 def sweep(
@@ -304,11 +246,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def reference(env: dict[str, str]) -> RawOrt:
         """Raw ORT with the runners and threads the service will use under these settings."""
-        setting = {**os.environ, **env}
-        runners = int(setting.get("GAN_RUNNERS", str(Settings.model_fields["runners"].default)))
-        threads = intra_op_threads(
-            int(setting.get("GAN_INTRA_OP_THREADS", "0")), runners
-        )  # as the service does
+        threads, runners = service_threads(env)
         if (threads, runners) not in references:
             references[threads, runners] = RawOrt(version_dir, threads, runners, args.raw_seconds)
         return references[threads, runners]

@@ -124,3 +124,20 @@ def test_edit_benchmark_smoke(model_dir: Path, tmp_path: Path, capsys: pytest.Ca
         p["errors"] == 0 and p["ratio_to_raw"] > 0 and p["raw_images_per_s"] > 0 for p in report["points"]
     )
     assert "/edit digits images=3" in capsys.readouterr().out
+
+
+def test_protocols_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.protocols import PROTOCOLS
+    from bench.protocols import main as protocols
+
+    out = tmp_path / "protocols.json"
+    args = ["--ns", "2", "--concurrency", "1", "--duration", "0.2", "--max-requests", "10", "--raw-seconds", "0.05",
+            "--json", str(out)]  # fmt: skip
+    assert protocols(args) == 0
+    report = json.loads(out.read_text())
+    assert [p["protocol"] for p in report["points"]] == list(PROTOCOLS)
+    assert report["raw_ort"]["2"] > 0 and report["inputs"] == "seed" and report["datatype"] == "UINT8"
+    for p in report["points"]:
+        assert p["n"] == 2 and p["errors"] == 0 and p["images_per_s"] > 0
+        assert p["ratio_to_raw"] > 0 and p["ratio_to_native"] > 0
+    assert "÷ native" in capsys.readouterr().out
