@@ -122,6 +122,8 @@ def _export(args: argparse.Namespace) -> None:
         "generator_rebuild_parity": model.parity,
         "history": state["history"][-3:],
     }
+    if state.get("init"):  # a warm start: the run(s) it continued, each with its command
+        training["init"] = state["init"]
     manifest = export_encoder(net, model.path, training)
     assert manifest.encoder is not None
     print(f"exported {model.path / 'encoder.onnx'} (parity {manifest.encoder.parity_max_abs_diff:.2e})")

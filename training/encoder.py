@@ -52,6 +52,7 @@ class EncoderConfig:
     threads: int | None = None
     max_minutes: float | None = None  # a time budget: the schedule follows whichever runs out first
     perceptual_from: str | None = None  # reuse another run's perceptual.pt (same data, same seed)
+    init_from: str | None = None  # warm start: another run's encoder.pt (same width and hidden)
 
 
 @dataclass
@@ -198,11 +199,17 @@ def train_encoder(
     )
     images = RealImages(model.data, "train", data_dir, cfg.seed)
     val = RealImages(model.data, "val", data_dir).first(cfg.val_images)
+    record: dict[str, Any] = {"perceptual_val_accuracy": percept_acc, "config": asdict(cfg), "command": command}
     E = build_encoder(model, cfg)
+    if cfg.init_from:
+        earlier = torch.load(Path(cfg.init_from) / ENCODER_CHECKPOINT, weights_only=True)
+        E.load_state_dict(earlier["state"])
+        record["init"] = {"run_dir": cfg.init_from, "command": earlier.get("command"),
+                          "steps": earlier["steps"], "best_val_psnr": earlier["best_val_psnr"],
+                          "init": earlier.get("init")}  # fmt: skip
     optimizer = torch.optim.Adam(E.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     gen = torch.Generator().manual_seed(cfg.seed)
     best_state, best_psnr, best_step = None, -math.inf, 0
-    record = {"perceptual_val_accuracy": percept_acc, "config": asdict(cfg), "command": command}
     budget = cfg.max_minutes * 60 if cfg.max_minutes else math.inf
     train_start, step, done = time.perf_counter(), 0, False
     while not done:
