@@ -199,7 +199,11 @@ def train_encoder(
     )
     images = RealImages(model.data, "train", data_dir, cfg.seed)
     val = RealImages(model.data, "val", data_dir).first(cfg.val_images)
-    record: dict[str, Any] = {"perceptual_val_accuracy": percept_acc, "config": asdict(cfg), "command": command}
+    record: dict[str, Any] = {
+        "perceptual_val_accuracy": percept_acc,
+        "config": asdict(cfg),
+        "command": command,
+    }
     E = build_encoder(model, cfg)
     if cfg.init_from:
         earlier = torch.load(Path(cfg.init_from) / ENCODER_CHECKPOINT, weights_only=True)
