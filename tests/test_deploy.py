@@ -208,11 +208,25 @@ def test_service_images_install_their_runtime_extra_and_never_torch() -> None:
     base = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     for kind, extra in (("cpu", "cpu"), ("gpu", "gpu")):
         extras = installed_extras(parse(DOCKERFILES[kind]))
-        assert extras == {extra}, f"{kind} image installs {extras}"
-        requirements = base + optional[extra]
+        assert extras == {extra, "grpc"}, f"{kind} image installs {extras}"  # exactly one runtime extra
+        requirements = base + optional[extra] + optional["grpc"]
         assert not [r for r in requirements if re.match(r"torch\b", r)], requirements
+        assert not [r for r in optional["grpc"] if r.startswith("onnxruntime")]  # never both runtimes
     assert "onnxruntime-gpu" in optional["gpu"][0] and optional["cpu"][0].startswith("onnxruntime>")
     assert installed_extras(parse(DOCKERFILES["train"])) == {"train", "cpu"}
+
+
+def test_service_images_expose_http_and_grpc() -> None:
+    """The gRPC port (GAN_GRPC_PORT in k8s/kserve) is exposed beside the HTTP port, and the image has grpcio."""
+    optional = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert {"grpcio", "grpcio-health-checking", "tritonclient[grpc]"} <= {
+        re.split(r"[<>=]", r)[0] for r in optional["grpc"]
+    }
+    for kind in ("cpu", "gpu"):
+        parser = parse(DOCKERFILES[kind])
+        (exposed,) = instruction(final_stage(parser), "EXPOSE")
+        assert exposed.split() == [parser.envs["GAN_PORT"], "8081"], exposed
+        assert "GAN_GRPC_PORT" not in parser.envs  # gRPC stays opt-in: compose and k8s/base serve HTTP only
 
 
 def test_service_images_health_check_drain_and_device() -> None:

@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # The service on an NVIDIA GPU: CUDA 13 + cuDNN 9 runtime base, the `gpu` extra (onnxruntime-gpu with its
-# CUDA and cuDNN wheels), GAN_DEVICE=cuda: start-up fails loudly if the CUDA provider cannot be used.
+# CUDA and cuDNN wheels) and the `grpc` extra, GAN_DEVICE=cuda: start-up fails loudly if the CUDA provider
+# cannot be used.
 # Needs the NVIDIA container toolkit on the host (compose: the `gpu` profile; k8s: the `gpu` overlay).
 #   docker build -f deploy/docker/service-gpu.Dockerfile -t gan-serving:gpu .
 FROM nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04 AS build
@@ -11,7 +12,7 @@ RUN apt-get update \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY service ./service
-RUN python3 -m venv /opt/venv && /opt/venv/bin/pip install ".[gpu]"
+RUN python3 -m venv /opt/venv && /opt/venv/bin/pip install ".[gpu,grpc]"
 
 FROM nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
 ENV DEBIAN_FRONTEND=noninteractive
@@ -34,7 +35,9 @@ COPY --from=build /opt/venv /opt/venv
 COPY models /app/models
 WORKDIR /app
 USER 10001:10001
-EXPOSE 8000
+# 8000: HTTP (native API and Open Inference Protocol); 8081: the Open Inference Protocol over gRPC,
+# served only when GAN_GRPC_PORT=8081 is set (k8s/kserve sets it).
+EXPOSE 8000 8081
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 CMD ["python", "-m", "service.healthcheck"]
 CMD ["python", "-m", "service"]
