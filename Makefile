@@ -23,7 +23,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[train,cpu,dev]'
+	$(BIN)/pip install --quiet -e '.[train,cpu,grpc,dev]'
 	touch $@
 
 # Debian packages the tests use: Fashion-MNIST (nothing is downloaded at run time), Prometheus and promtool.

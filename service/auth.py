@@ -65,6 +65,20 @@ def key_ring(settings: Settings) -> KeyRing | None:
     return KeyRing(keys)
 
 
+def admin_ring(settings: Settings, users: KeyRing | None) -> KeyRing | None:
+    """The model-control key (GAN_ADMIN_KEY), or None: control is off. It must not also be a user key."""
+    if settings.admin_key is None:
+        return None
+    key = settings.admin_key.get_secret_value()
+    if len(key) < MIN_KEY_LENGTH or any(c.isspace() for c in key):
+        raise ApiKeyError(
+            f"GAN_ADMIN_KEY is not usable: keys need at least {MIN_KEY_LENGTH} characters and no spaces"
+        )
+    if users is not None and users.accepts(key):
+        raise ApiKeyError("GAN_ADMIN_KEY is also an API key: model control needs a key of its own")
+    return KeyRing([key])
+
+
 def presented_key(headers: list[tuple[bytes, bytes]]) -> str | None:
     """`Authorization: Bearer <key>` or `X-API-Key: <key>` from raw ASGI headers."""
     for name, value in headers:

@@ -85,10 +85,10 @@ def check_encoder_quality(manifest: Manifest, mode: str) -> None:
         log.warning("encoder of %s: %s (GAN_QUALITY_GATE=warn: editing anyway)", key, problem)
 
 
-def load_encoder(
-    path: Path, manifest: Manifest, settings: Settings, metrics: Metrics
-) -> tuple[ReadyEncoder | None, str]:
-    """The encoder, or None and the reason editing this version is refused."""
+def prepare_encoder(path: Path, manifest: Manifest, settings: Settings) -> tuple[SessionInfo | None, str]:
+    """The encoder's checked, warmed-up session, or None and the reason editing this version is refused.
+
+    Blocking (file reads, session creation, a warm-up run): a hot load calls it off the event loop."""
     key = f"{manifest.name}:{manifest.version}"
     if manifest.encoder is None:
         return None, f"model {key} has no encoder: it can generate but not edit"
@@ -104,6 +104,15 @@ def load_encoder(
     except (EncoderError, OSError, ValueError) as error:
         log.error("encoder of %s failed to load: %s (generation is not affected)", key, error)
         return None, f"the encoder of {key} failed to load: {error}"
+    return session, ""
+
+
+def start_encoder(
+    session: SessionInfo, manifest: Manifest, settings: Settings, metrics: Metrics
+) -> ReadyEncoder:
+    """The prepared encoder behind its own batcher (call inside the event loop)."""
+    assert manifest.encoder is not None
+    key = f"{manifest.name}:{manifest.version}"
     batcher = Batcher(
         functools.partial(run_encoder, session),
         max_batch_rows=settings.max_batch_rows,
@@ -115,5 +124,4 @@ def load_encoder(
         inline_rows=settings.inline_rows,
     )
     batcher.start()
-    encoder = ReadyEncoder(manifest.encoder.sha256, session.provider, session, batcher)
-    return encoder, ""
+    return ReadyEncoder(manifest.encoder.sha256, session.provider, session, batcher)

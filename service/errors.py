@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from service.batcher import BatchFailed, DeadlineExceeded, Draining, QueueFull
+from service.control import ControlError
 from service.plans import PlanError
 from service.repository import ModelNotFound, ModelUnavailable
 from service.state import AppState
@@ -74,6 +75,8 @@ def problem_of(error: Exception, state: AppState) -> Problem | None:
             return Problem(499, "client closed the request", reason="client_gone")
         case EditingUnavailable():
             return Problem(409, str(error), "model", reason="no_encoder")
+        case ControlError():
+            return Problem(400, str(error), "model")
     return None
 
 

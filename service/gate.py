@@ -24,6 +24,7 @@ ALWAYS_OPEN = {"/healthz", "/readyz", "/metrics", *V2_PROBES}  # answered even w
 PROBES = {"/healthz", "/readyz", *V2_PROBES}  # never need a key: kubelets and load balancers carry none
 ENDPOINTS = {
     "/v2",
+    "/v2/repository/index",
     *V2_PROBES,
     "/generate",
     "/interpolate",
@@ -45,8 +46,25 @@ UNAUTHORIZED = Problem(
     "unauthorized",
 )
 DRAINING = Problem(503, "the service is draining; retry on another replica", None, RETRY_NOW, "draining")
+CONTROL = "/v2/repository"  # model control: its own key (GAN_ADMIN_KEY), off without one
+CONTROL_OFF = Problem(
+    403,
+    "model control is disabled: set GAN_ADMIN_KEY to enable /v2/repository",
+    None,
+    None,
+    "control_disabled",
+)
+NOT_ADMIN = Problem(
+    401,
+    "missing or wrong admin key: model control needs GAN_ADMIN_KEY as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+    "authorization",
+    {"WWW-Authenticate": 'Bearer realm="gan-serving-control"'},
+    "unauthorized",
+)
 
 
+# Triton's repository extension: /v2/repository/index, /v2/repository/models/{name}/load|unload
+V2_CONTROL_PATH = re.compile(r"/v2/repository/models/[^/]+/(load|unload)")
 # The Open Inference Protocol's model paths, by their shape: /v2/models/{name}[/versions/{version}][/ready|/infer]
 V2_MODEL_PATH = re.compile(r"/v2/models/[^/]+(/versions/[^/]+)?(/ready|/infer)?")
 
@@ -55,6 +73,9 @@ def endpoint_label(path: str) -> str:
     """A bounded set of label values: unknown paths must not create new time series."""
     if path in ENDPOINTS:
         return path
+    control = V2_CONTROL_PATH.fullmatch(path)
+    if control is not None:
+        return "/v2/repository/models/{name}/" + control[1]
     v2 = V2_MODEL_PATH.fullmatch(path)
     if v2 is not None:
         return "/v2/models/{name}" + ("/versions/{version}" if v2[1] else "") + (v2[2] or "")
@@ -110,17 +131,29 @@ class Answer:
 
 
 class Gate:
-    """API keys, drain refusal, body-size limit, the /generate fast path, and request metrics."""
+    """API keys (the admin key for model control), drain refusal, body-size limit, the /generate fast path,
+    request metrics, and the versions a request holds until it is answered."""
 
     def __init__(
-        self, app: ASGIApp, state: AppState, keys: KeyRing | None, fast: FastGenerate | None = None
+        self,
+        app: ASGIApp,
+        state: AppState,
+        keys: KeyRing | None,
+        fast: FastGenerate | None = None,
+        admin: KeyRing | None = None,
     ) -> None:
-        self.app, self.state, self.keys, self.fast = app, state, keys, fast
+        self.app, self.state, self.keys, self.fast, self.admin = app, state, keys, fast, admin
         self.open_paths = PROBES | ({"/metrics"} if state.settings.metrics_public else set())
 
     def refusal(self, scope: Scope) -> Problem | None:
         """Why the request may not come in at all: no valid key, or the service is draining."""
         path = scope["path"]
+        if path.startswith(CONTROL) and scope["method"] == "POST":  # the admin key, not the user keys
+            if self.admin is None:
+                return CONTROL_OFF
+            if not self.admin.accepts(presented_key(scope["headers"])):
+                return NOT_ADMIN
+            return DRAINING if self.state.draining else None
         keys = self.keys if path not in self.open_paths else None
         if keys is not None and not keys.accepts(presented_key(scope["headers"])):
             return UNAUTHORIZED
@@ -180,7 +213,7 @@ class Gate:
             return
         started, answer = time.perf_counter(), Answer(send)
         try:
-            with self.counted(scope["path"]):
+            with self.counted(scope["path"]), self.state.repository.holding():
                 await self.admit(scope, receive, answer)
         finally:
             endpoint = endpoint_label(scope["path"])

@@ -13,9 +13,9 @@ from service.editing import encoder_feeds, image_classes, split_encoded
 from service.errors import ClientGone, EditingUnavailable
 from service.images import decode_images
 from service.plans import check_limit
-from service.repository import ReadyModel
 from service.schemas import Label
 from service.state import AppState
+from service.versions import ReadyModel
 
 
 async def run_batch(

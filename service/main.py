@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,13 +12,14 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from service.auth import key_ring
+from service.auth import admin_ring, key_ring
 from service.edit_route import router as edit_router
 from service.errors import install_error_handlers
 from service.fastpath import FastGenerate
 from service.gate import PROBES, Gate
 from service.metrics import Metrics
 from service.protocols.v2 import router as v2_router
+from service.protocols.v2_repository import router as v2_repository_router
 from service.protocols.v2_tensors import InferenceRequest
 from service.repository import Repository
 from service.routes import router
@@ -47,6 +50,7 @@ def openapi_with_bodies(app: FastAPI) -> dict[str, Any]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     keys = key_ring(settings)  # a bad keys file stops the start here, with the reason
+    admin = admin_ring(settings, keys)
     metrics = Metrics()
     state = AppState(settings, metrics, Repository(settings, metrics))
 
@@ -55,6 +59,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runtime = check_single_runtime()
         log.info("ONNX Runtime package: %s; model directory: %s", runtime, settings.model_dir)
         state.repository.load()
+        poll = None
+        if settings.model_poll_s > 0:
+            poll = asyncio.get_running_loop().create_task(state.control.poll_forever(settings.model_poll_s))
         grpc_server = None
         if settings.grpc_port is not None:  # imported only here: grpcio is needed only with gRPC on
             try:
@@ -63,12 +70,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 raise RuntimeError(
                     f"GAN_GRPC_PORT is set but {error.name} is not installed: install the `grpc` extra"
                 ) from None
-            grpc_server = await start_server(state, keys, app.version)
+            grpc_server = await start_server(state, keys, app.version, admin)
         try:
             yield
         finally:
+            if poll is not None:
+                poll.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poll
             if grpc_server is not None:
                 await grpc_server.stop(1.0)
+            await state.control.close()
             await state.repository.close()
 
     app = FastAPI(
@@ -81,10 +93,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     app.include_router(edit_router)
     app.include_router(v2_router)
+    app.include_router(v2_repository_router)
     app.openapi = lambda: openapi_with_bodies(app)  # type: ignore[method-assign]
     install_error_handlers(app, state)
     fast = FastGenerate(app, state) if settings.fast_path else None
-    app.add_middleware(Gate, state=state, keys=keys, fast=fast)
+    app.add_middleware(Gate, state=state, keys=keys, fast=fast, admin=admin)
     if keys is not None:
         log.info("API keys required (%d accepted) on all but %s", len(keys), sorted(PROBES))
+    log.info("model control (/v2/repository): %s", "on, with GAN_ADMIN_KEY" if admin else "off")
     return app

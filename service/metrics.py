@@ -50,6 +50,21 @@ class Metrics:
             ["model", "version", "metric"],
             registry=r,
         )
+        self.model_loads = Counter(
+            "gan_model_loads", "Version loads (at start, by a load call or the poll), by outcome (ok, failed)",
+            ["model", "outcome"], registry=r,
+        )  # fmt: skip
+        self.model_unloads = Counter(
+            "gan_model_unloads", "Versions taken out of service (replaced, unloaded, gone from disk)", ["model"],
+            registry=r,
+        )  # fmt: skip
+        self.versions_loaded = Gauge(
+            "gan_model_versions_loaded", "Ready versions per model", ["model"], registry=r
+        )
+        self.model_load_seconds = Histogram(
+            "gan_model_load_seconds", "Time from the start of a version's load to ready (batchers started)",
+            ["model"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
         self.model_info = Gauge(
             "gan_model_info", "Loaded model versions (1 = ready, 0 = failed)",
             ["model", "version", "provider", "sha256", "status"], registry=r,

@@ -1,35 +1,24 @@
-"""The model repository: every `<name>/<version>` under the model directory, validated, warmed up, batched."""
+"""The model repository: every `<name>/<version>` under the model directory, validated, warmed up, batched.
+
+A request holds the versions it is given (`holding`, around every HTTP request and gRPC call) until it is
+answered, so a version that a hot swap (service.control) takes out of service closes only once nobody holds it.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import contextlib
+import dataclasses
 import logging
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Literal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
-import numpy as np
-
-from service.batcher import Batcher, Feeds
-from service.encoders import ReadyEncoder, load_encoder
-from service.files import sha256_file
-from service.manifest import (
-    MANIFEST_FILE,
-    ONNX_FILE,
-    Manifest,
-    ManifestError,
-    SignatureError,
-    VersionDir,
-    check_signature,
-    gate_problem,
-    load_manifest,
-    version_dirs,
-)
-from service.metrics import Metrics, ModelObserver
-from service.runtime import CUDA, SessionInfo, intra_op_threads, open_session
+from service.manifest import version_dirs
+from service.metrics import Metrics
+from service.runtime import CUDA
 from service.settings import Settings
+from service.versions import FailedModel, Leases, ModelVersion, ReadyModel, fingerprint, load_version
 
 log = logging.getLogger("service.repository")
 
@@ -42,163 +31,8 @@ class ModelUnavailable(RuntimeError):
     pass
 
 
-class LoadError(RuntimeError):
-    pass
-
-
-@dataclass(frozen=True)
-class FailedModel:
-    """A version that does not serve, and why; what was read before the failure is kept for /models."""
-
-    name: str
-    version: int
-    path: Path
-    reason: str
-    manifest: Manifest | None = None
-    provider: str | None = None
-    load_seconds: float = 0.0
-    status: Literal["failed"] = "failed"
-
-    @property
-    def key(self) -> str:
-        return f"{self.name}:{self.version}"
-
-
-@dataclass(frozen=True)
-class ReadyModel:
-    """A version that loaded, passed every check and warmed up: its session runs behind its batcher."""
-
-    name: str
-    version: int
-    path: Path
-    manifest: Manifest
-    provider: str
-    load_seconds: float
-    session: SessionInfo = field(repr=False)
-    batcher: Batcher = field(repr=False)
-    encoder: ReadyEncoder | None = field(default=None, repr=False)
-    editing_reason: str = ""  # why this version cannot edit, when it has no ready encoder
-    status: Literal["ready"] = "ready"
-    reason: None = None
-
-    @property
-    def batchers(self) -> list[Batcher]:
-        return [self.batcher] + ([self.encoder.batcher] if self.encoder else [])
-
-    @property
-    def key(self) -> str:
-        return f"{self.name}:{self.version}"
-
-
-ModelVersion = ReadyModel | FailedModel
-
-
-def infer(session: SessionInfo, feeds: Feeds) -> np.ndarray:
-    (x,) = session.session.run(["x"], feeds)
-    return np.asarray(x)
-
-
-def check_graph(session: SessionInfo, manifest: Manifest) -> None:
-    """The manifest must describe the graph: input/output names, dims and dtype."""
-    try:
-        check_signature(*session.signature(), manifest.signature())
-    except SignatureError as error:
-        raise LoadError(str(error)) from None
-
-
-def warm_up(session: SessionInfo, manifest: Manifest, rows: int) -> float:
-    """Run one batch of zeros; returns rows per second (the batcher's first drain-rate estimate)."""
-    feeds = {"z": np.zeros((rows, manifest.z_dim), np.float32)}
-    if manifest.num_classes:
-        feeds["c"] = np.full((rows, manifest.num_classes), 1.0 / manifest.num_classes, np.float32)
-    started = time.perf_counter()
-    x = infer(session, feeds)
-    seconds = time.perf_counter() - started
-    if x.shape != (rows, *manifest.output_shape) or not np.isfinite(x).all():
-        raise LoadError(f"warm-up gave shape {x.shape} (finite: {bool(np.isfinite(x).all())})")
-    return rows / max(seconds, 1e-6)
-
-
-def check_quality(manifest: Manifest, mode: str, key: str) -> None:
-    """Under `enforce`, a model without metrics or failing a gate must not serve; under `warn`, say so."""
-    problem = gate_problem(manifest.gates, manifest.metrics) if mode != "off" else None
-    if problem and mode == "enforce":
-        raise LoadError(f"quality gate: {problem}")
-    if problem:
-        log.warning("model %s quality: %s (GAN_QUALITY_GATE=warn: serving anyway)", key, problem)
-
-
-def read_manifest(found: VersionDir) -> Manifest:
-    """The version's manifest, checked against the folder it lives in and the graph file's sha256."""
-    manifest = load_manifest(found.path / MANIFEST_FILE)
-    if (manifest.name, manifest.version) != (found.name, found.version):
-        raise LoadError(
-            f"manifest says {manifest.name}:{manifest.version} but lives in {found.name}:{found.version}"
-        )
-    if not (found.path / ONNX_FILE).is_file():
-        raise LoadError(f"{ONNX_FILE} is missing")
-    digest = sha256_file(found.path / ONNX_FILE)
-    if digest != manifest.onnx_sha256:
-        raise LoadError(f"sha256 of {ONNX_FILE} is {digest}, manifest says {manifest.onnx_sha256}")
-    return manifest
-
-
-def open_graph(path: Path, settings: Settings) -> SessionInfo:
-    """An ONNX Runtime session on the providers the settings ask for (which one it got is checked after)."""
-    try:
-        session = open_session(
-            path,
-            settings.device,
-            intra_op_threads(settings.intra_op_threads, settings.runners),
-            settings.inter_op_threads,
-            settings.ort_spinning,
-        )
-    except Exception as error:  # onnxruntime raises its own exception types for corrupt graphs
-        raise LoadError(f"ONNX Runtime cannot load the graph: {str(error).splitlines()[0]}") from None
-    return session
-
-
-def check_device(session: SessionInfo, settings: Settings) -> None:
-    if settings.device == "cuda" and session.provider != CUDA:
-        raise LoadError(f"GAN_DEVICE=cuda but the session runs on {session.provider}")
-
-
-def load_version(found: VersionDir, settings: Settings, metrics: Metrics) -> ModelVersion:
-    """Validate, open, check and warm up one version; the batcher starts here (inside the event loop)."""
-    started = time.perf_counter()
-    manifest: Manifest | None = None
-    session: SessionInfo | None = None
-    key = f"{found.name}:{found.version}"
-    try:
-        manifest = read_manifest(found)
-        session = open_graph(found.path / ONNX_FILE, settings)
-        check_graph(session, manifest)
-        check_device(session, settings)
-        rows_per_s = warm_up(session, manifest, settings.warmup_rows)
-        check_quality(manifest, settings.quality_gate, key)
-    except (ManifestError, LoadError, OSError, ValueError) as error:
-        log.error("model %s failed to load: %s", key, error)
-        provider = session.provider if session else None
-        seconds = time.perf_counter() - started
-        return FailedModel(found.name, found.version, found.path, str(error), manifest, provider, seconds)
-    batcher = Batcher(
-        functools.partial(infer, session),
-        max_batch_rows=settings.max_batch_rows,
-        max_wait_s=settings.max_wait_ms / 1000,
-        max_queue_rows=settings.max_queue_rows,
-        initial_rows_per_s=rows_per_s,
-        observer=ModelObserver(metrics, found.name),
-        name=key,
-        runners=settings.runners,
-        inline_rows=settings.inline_rows,
-    )
-    batcher.start()
-    encoder, editing_reason = load_encoder(found.path, manifest, settings, metrics)
-    seconds = time.perf_counter() - started
-    return ReadyModel(
-        found.name, found.version, found.path, manifest, session.provider, seconds, session, batcher,
-        encoder, editing_reason,
-    )  # fmt: skip
+# The versions the current request (an HTTP request or a gRPC call) was given; released when it is answered.
+_held: ContextVar[list[Leases] | None] = ContextVar("held_versions", default=None)
 
 
 class Repository:
@@ -213,20 +47,67 @@ class Repository:
             log.error("model directory %s does not exist", root)
             return
         for found in version_dirs(root):
+            try:
+                mark = fingerprint(found)
+            except OSError:
+                mark = ""
             model = load_version(found, self.settings, self.metrics)
+            model = dataclasses.replace(model, fingerprint=mark)
             self.models.setdefault(model.name, {})[model.version] = model
-            sha = model.manifest.onnx_sha256 if model.manifest else ""
-            for metric, value in (model.manifest.metrics if model.manifest else {}).items():
-                self.metrics.quality.labels(model.name, str(model.version), metric).set(value)
-            self.metrics.model_info.labels(
+            self.metrics.model_loads.labels(model.name, "ok" if model.status == "ready" else "failed").inc()
+            if isinstance(model, ReadyModel):
+                self.metrics.model_load_seconds.labels(model.name).observe(model.load_seconds)
+            self.record(model)
+        for name in self.models:
+            self.count_versions(name)
+
+    def count_versions(self, name: str) -> None:
+        ready = sum(isinstance(m, ReadyModel) for m in self.models.get(name, {}).values())
+        self.metrics.versions_loaded.labels(name).set(ready)
+
+    def record(self, model: ModelVersion) -> None:
+        """A version's gauges: its manifest's quality metrics and its info (ready or failed)."""
+        sha = model.manifest.onnx_sha256 if model.manifest else ""
+        for metric, value in (model.manifest.metrics if model.manifest else {}).items():
+            self.metrics.quality.labels(model.name, str(model.version), metric).set(value)
+        self.metrics.model_info.labels(
+            model.name, str(model.version), model.provider or "none", sha, model.status
+        ).set(1 if model.status == "ready" else 0)
+        log.info("model %s: %s (%s) in %.2fs", model.key, model.status, model.provider, model.load_seconds)
+
+    def forget(self, model: ModelVersion) -> None:
+        """Remove a version's gauges (it no longer serves)."""
+        sha = model.manifest.onnx_sha256 if model.manifest else ""
+        for metric in model.manifest.metrics if model.manifest else {}:
+            with contextlib.suppress(KeyError):
+                self.metrics.quality.remove(model.name, str(model.version), metric)
+        with contextlib.suppress(KeyError):
+            self.metrics.model_info.remove(
                 model.name, str(model.version), model.provider or "none", sha, model.status
-            ).set(1 if model.status == "ready" else 0)
-            log.info(
-                "model %s: %s (%s) in %.2fs", model.key, model.status, model.provider, model.load_seconds
             )
+
+    @contextmanager
+    def holding(self) -> Iterator[None]:
+        """Inside: every version `get` hands out is held (not closed by a swap) until the block ends."""
+        held: list[Leases] = []
+        token = _held.set(held)
+        try:
+            yield
+        finally:
+            _held.reset(token)
+            for leases in held:
+                leases.give_back()
 
     def get(self, name: str, version: int | None = None) -> ReadyModel:
         """The requested version, or the highest ready one; 404 for unknown, 503 for failed."""
+        model = self._find(name, version)
+        held = _held.get()
+        if held is not None:
+            model.leases.take()
+            held.append(model.leases)
+        return model
+
+    def _find(self, name: str, version: int | None) -> ReadyModel:
         versions = self.models.get(name)
         if not versions:
             raise ModelNotFound(f"model '{name}' not found; available: {sorted(self.models)}")

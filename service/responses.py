@@ -11,8 +11,8 @@ from fastapi.responses import JSONResponse
 from service import encoding
 from service.offload import offload
 from service.plans import Plan
-from service.repository import ReadyModel
 from service.schemas import SamplesResponse
+from service.versions import ReadyModel
 
 
 def provenance_headers(model: ReadyModel, plan: Plan) -> dict[str, str]:

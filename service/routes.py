@@ -14,7 +14,6 @@ from service.errors import ApiError, problem_response
 from service.images import from_base64
 from service.inference import encode_images, run_model
 from service.offload import offload
-from service.repository import ModelVersion, ReadyModel
 from service.responses import samples_response
 from service.schemas import (
     AugmentRequest,
@@ -26,6 +25,7 @@ from service.schemas import (
     Variations,
 )
 from service.state import AppState
+from service.versions import ModelVersion, ReadyModel
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:

@@ -53,6 +53,13 @@ class Settings(BaseSettings):
         description="when set, every endpoint but the health probes needs this key (Bearer or X-API-Key)",
     )
     api_keys_file: Path | None = Field(None, description="a file of accepted keys, one per line, # comments")
+    admin_key: SecretStr | None = Field(
+        None,
+        description="model control (/v2/repository: index, load, unload) needs this key; unset: control is off",
+    )
+    model_poll_s: float = Field(
+        0.0, ge=0, le=86400, description="look at the model directory every this many seconds (0: never)"
+    )
     metrics_public: bool = Field(False, description="with keys set, let /metrics answer without a key")
 
     runners: int = Field(

@@ -17,11 +17,13 @@ def test_schemathesis_fuzzes_every_endpoint_of_a_real_server(tmp_path: Path) -> 
     """At least 1,000 generated cases against the live OpenAPI schema: no 5xx, every response conforms.
 
     The only edit to the service's schema: the `model` fields (and the v2 paths' model names and versions) list
-    the served names (plus one unknown), so most cases reach the model's own validation instead of stopping at 404. Checked: everything schemathesis
+    the served names (plus one unknown), so most cases reach the model's own validation instead of stopping at 404;
+    model control (with the admin key) may load and unload `ring8` only, so the service stays ready throughout. Checked: everything schemathesis
     has except `positive_data_acceptance`, which expects any schema-valid body to succeed, but a static schema
     cannot say which class names or z lengths a given model takes, or the GAN_* limits in force.
     """
-    with running_service({"GAN_MAX_N": "256"}) as (url, process):
+    admin = "fuzz-admin-key-0123456789"  # model control on: load and unload of the bundled models are fuzzed too
+    with running_service({"GAN_MAX_N": "256", "GAN_ADMIN_KEY": admin}) as (url, process):
         schema = httpx.get(f"{url}/openapi.json").json()
         names = sorted(m["name"] for m in httpx.get(f"{url}/models").json()["models"])
         model_names = {"type": "string", "enum": [*names, "no-such-model"]}
@@ -34,7 +36,9 @@ def test_schemathesis_fuzzes_every_endpoint_of_a_real_server(tmp_path: Path) -> 
         )
         for path, operations in schema["paths"].items():  # the Open Inference Protocol's model paths
             for parameter in (p for op in operations.values() for p in op.get("parameters", [])):
-                if path.startswith("/v2/") and parameter["name"] == "model_name":
+                if path.startswith("/v2/repository/"):  # load and unload: one model, so the rest keep serving
+                    parameter["schema"] = {"type": "string", "enum": ["ring8", "no-such-model"]}
+                elif path.startswith("/v2/") and parameter["name"] == "model_name":
                     parameter["schema"] = model_names
                 if path.startswith("/v2/") and parameter["name"] == "model_version":
                     parameter["schema"] = {"type": "string", "enum": [*versions, "0", "x"]}
@@ -45,7 +49,7 @@ def test_schemathesis_fuzzes_every_endpoint_of_a_real_server(tmp_path: Path) -> 
             [sys.executable, "-m", "schemathesis.cli", "run", str(tmp_path / "openapi.json"), "--url", url,
              "--checks", "all", "--exclude-checks", "positive_data_acceptance", "--max-examples", "150",
              "--seed", "20261122", "--workers", "2", "--no-color", "--generation-database", "none",
-             "--request-timeout", "30", "--report", "json", "--report-json-path", str(report)],
+             "--request-timeout", "30", "-H", f"X-API-Key: {admin}", "--report", "json", "--report-json-path", str(report)],
             cwd=tmp_path, capture_output=True, text=True, timeout=540,
         )  # fmt: skip
         alive = process.poll() is None and httpx.get(f"{url}/healthz").status_code == 200
@@ -57,7 +61,7 @@ def test_schemathesis_fuzzes_every_endpoint_of_a_real_server(tmp_path: Path) -> 
     assert result.returncode == 0, result.stdout[-6000:]
     assert summary["failures"] == [] and summary["errors"] == []
     assert (
-        summary["operations"]["tested"] == len(schema["paths"]) == 18
+        summary["operations"]["tested"] == len(schema["paths"]) == 21
     )  # 9 native, 9 Open Inference Protocol
     assert summary["test_cases"]["generated"] >= 1000
     assert alive

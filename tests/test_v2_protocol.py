@@ -308,7 +308,10 @@ def test_a_full_queue_is_429_with_retry_after(model_dir: Path) -> None:
         ("/v2/models/x/versions/3/infer", "/v2/models/{name}/versions/{version}/infer"),
         ("/v2/models/x/versions/3", "/v2/models/{name}/versions/{version}"),
         ("/v2/models/x/versions/3/stats", "other"),
-        ("/v2/repository/index", "other"),
+        ("/v2/repository/index", "/v2/repository/index"),
+        ("/v2/repository/models/x/load", "/v2/repository/models/{name}/load"),
+        ("/v2/repository/models/x/unload", "/v2/repository/models/{name}/unload"),
+        ("/v2/repository/models/x/reload", "other"),
     ],
 )
 def test_v2_paths_are_bounded_metric_labels(path: str, label: str) -> None:

@@ -4,7 +4,8 @@ event loop: the same batchers, limits, API keys, drain and request metrics as th
 The messages and the service (`inference.GRPCInferenceService`) are the KServe v2 protobuf definitions as
 compiled and shipped inside `tritonclient` (`tritonclient.grpc.service_pb2`; Triton's grpc_service.proto, whose
 KServe part is the v2 protocol): the service defines none of its own. Served: ServerLive, ServerReady,
-ModelReady, ServerMetadata, ModelMetadata and ModelInfer; any other method of that service answers UNIMPLEMENTED.
+ModelReady, ServerMetadata, ModelMetadata, ModelInfer, and the repository calls (RepositoryIndex,
+RepositoryModelLoad, RepositoryModelUnload: the admin key, service.control); any other method of that service answers UNIMPLEMENTED.
 Health is grpc.health.v1 (service.protocols.grpc_v2_health).
 
 An inference request is read (service.protocols.grpc_v2_messages) into the same `v2_tensors.Request` the HTTP
@@ -25,6 +26,7 @@ import grpc
 from tritonclient.grpc import service_pb2 as pb
 
 from service.auth import KeyRing
+from service.errors import ApiError
 from service.inference import run_model
 from service.protocols import v2_metadata
 from service.protocols.grpc_v2_calls import Calls, Handler, rpc_request
@@ -32,8 +34,10 @@ from service.protocols.grpc_v2_health import SERVICE, HealthService
 from service.protocols.grpc_v2_messages import infer_response, read_infer_request
 from service.protocols.v2_metadata import model_metadata, not_ready, ready_versions, resolve
 from service.protocols.v2_plans import plan_inference, response_parameters, served_x
-from service.repository import ReadyModel
+from service.protocols.v2_repository import IGNORED_PARAMETERS
+from service.routes import model_label
 from service.state import AppState
+from service.versions import ReadyModel
 
 log = logging.getLogger("service.grpc")
 
@@ -44,6 +48,9 @@ REQUESTS: dict[str, Any] = {
     "ServerMetadata": pb.ServerMetadataRequest,
     "ModelMetadata": pb.ModelMetadataRequest,
     "ModelInfer": pb.ModelInferRequest,
+    "RepositoryIndex": pb.RepositoryIndexRequest,
+    "RepositoryModelLoad": pb.RepositoryModelLoadRequest,
+    "RepositoryModelUnload": pb.RepositoryModelUnloadRequest,
 }
 
 
@@ -88,6 +95,22 @@ class InferenceService:
         parameters = response_parameters(model, plan, planned.truncation)
         return infer_response(model, parsed.header.id, served, planned.datatype, parameters), model.name
 
+    async def repository_index(self, request: Any, context: Any) -> tuple[Any, str]:
+        rows = self.state.control.index(ready_only=request.ready)
+        models = [pb.RepositoryIndexResponse.ModelIndex(**row.__dict__) for row in rows]
+        return pb.RepositoryIndexResponse(models=models), ""
+
+    async def repository_load(self, request: Any, context: Any) -> tuple[Any, str]:
+        check_control_request(request)
+        await self.state.control.load(request.model_name)
+        return pb.RepositoryModelLoadResponse(), request.model_name
+
+    async def repository_unload(self, request: Any, context: Any) -> tuple[Any, str]:
+        check_control_request(request)
+        label = model_label(self.state, request.model_name)
+        await self.state.control.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse(), label
+
     def handler(self, calls: Calls) -> Any:
         methods: dict[str, Handler] = {
             "ServerLive": self.server_live,
@@ -96,13 +119,25 @@ class InferenceService:
             "ServerMetadata": self.server_metadata,
             "ModelMetadata": self.model_metadata,
             "ModelInfer": self.model_infer,
+            "RepositoryIndex": self.repository_index,
+            "RepositoryModelLoad": self.repository_load,
+            "RepositoryModelUnload": self.repository_unload,
         }
         return grpc.method_handlers_generic_handler(
             SERVICE, {name: calls.unary(name, method, REQUESTS[name]) for name, method in methods.items()}
         )
 
 
-async def start_server(state: AppState, keys: KeyRing | None, version: str) -> Any:
+def check_control_request(request: Any) -> None:
+    """Load and unload read the model's folder as it is: Triton's config and file overrides are refused."""
+    given = sorted(set(request.parameters) - IGNORED_PARAMETERS)
+    if given:
+        raise ApiError(400, f"not supported: {given}", f"parameters.{given[0]}")
+
+
+async def start_server(
+    state: AppState, keys: KeyRing | None, version: str, admin: KeyRing | None = None
+) -> Any:
     """A started grpc.aio server on GAN_HOST:GAN_GRPC_PORT; stop it with `await server.stop(grace)`."""
     settings = state.settings
     server = grpc.aio.server(
@@ -111,7 +146,7 @@ async def start_server(state: AppState, keys: KeyRing | None, version: str) -> A
             ("grpc.max_send_message_length", settings.max_response_bytes + (1 << 20)),
         ]
     )
-    calls = Calls(state, keys)
+    calls = Calls(state, keys, admin)
     server.add_generic_rpc_handlers(
         [InferenceService(state, version).handler(calls), HealthService(state).handler(calls)]
     )

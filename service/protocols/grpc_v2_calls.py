@@ -18,7 +18,7 @@ import grpc
 from fastapi import Request
 
 from service.auth import KeyRing, presented_key
-from service.gate import UNAUTHORIZED
+from service.gate import CONTROL_OFF, NOT_ADMIN, UNAUTHORIZED
 from service.protocols.v2_errors import counted_problem, message
 from service.routes import model_label
 from service.state import AppState
@@ -26,9 +26,11 @@ from service.state import AppState
 log = logging.getLogger("service.grpc")
 
 OPEN_METHODS = {"ServerLive", "ServerReady", "Check", "Watch"}  # no key needed, answered while draining
+CONTROL_METHODS = {"RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload"}  # the admin key instead
 CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
     404: grpc.StatusCode.NOT_FOUND,
     409: grpc.StatusCode.FAILED_PRECONDITION,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -67,21 +69,25 @@ def rpc_request(context: Any) -> Request:
 class Calls:
     """Every call on the app's state admitted as the HTTP gate admits, counted, and its failures answered."""
 
-    def __init__(self, state: AppState, keys: KeyRing | None) -> None:
-        self.state, self.keys = state, keys
+    def __init__(self, state: AppState, keys: KeyRing | None, admin: KeyRing | None = None) -> None:
+        self.state, self.keys, self.admin = state, keys, admin
 
     def admit(self, method: str, context: Any) -> None:
         if method in OPEN_METHODS:
             return
-        if self.keys is not None:
-            metadata = [
-                (key.encode("latin-1"), value.encode("latin-1"))
-                for key, value in context.invocation_metadata() or ()
-                if isinstance(value, str)
-            ]
-            if not self.keys.accepts(presented_key(metadata)):
-                self.state.metrics.rejections.labels("", "unauthorized").inc()
-                raise Refused(401, UNAUTHORIZED.detail)
+        metadata = [
+            (key.encode("latin-1"), value.encode("latin-1"))
+            for key, value in context.invocation_metadata() or ()
+            if isinstance(value, str)
+        ]
+        if method in CONTROL_METHODS:
+            if self.admin is None or not self.admin.accepts(presented_key(metadata)):
+                refused = CONTROL_OFF if self.admin is None else NOT_ADMIN
+                self.state.metrics.rejections.labels("", refused.reason or "").inc()
+                raise Refused(refused.status, refused.detail)
+        elif self.keys is not None and not self.keys.accepts(presented_key(metadata)):
+            self.state.metrics.rejections.labels("", "unauthorized").inc()
+            raise Refused(401, UNAUTHORIZED.detail)
         if self.state.draining:
             self.state.metrics.rejections.labels("", "draining").inc()
             raise Refused(503, "the service is draining; retry on another replica", {"retry-after": "1"})
@@ -107,7 +113,8 @@ class Calls:
             try:
                 try:
                     self.admit(method, context)
-                    response, model = await handler(request, context)
+                    with self.state.repository.holding():
+                        response, model = await handler(request, context)
                     return response
                 except asyncio.CancelledError:
                     status = 499

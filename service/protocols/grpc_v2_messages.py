@@ -23,7 +23,7 @@ from service.protocols.v2_tensors import (
     validation_message,
 )
 from service.protocols.v2_tensors import Request as TensorRequest
-from service.repository import ReadyModel
+from service.versions import ReadyModel
 
 # Which typed `contents` field carries each datatype (FP16 and BF16 travel raw only).
 CONTENTS = {

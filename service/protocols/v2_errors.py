@@ -26,7 +26,8 @@ def v2_errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """The OpenAPI description of the error answers `codes`."""
     what = {
         400: "a request the model cannot take: the message names the field and the limit",
-        401: "missing or unknown API key (when keys are configured)",
+        401: "missing or unknown API key (when keys are configured); for model control, the admin key",
+        403: "model control is disabled: no GAN_ADMIN_KEY is set",
         404: "no such model or version",
         413: "request body over GAN_MAX_BODY_BYTES (inflated, when compressed)",
         429: "queue full: retry after the Retry-After header's seconds",

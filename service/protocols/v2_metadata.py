@@ -12,8 +12,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from service.repository import ModelNotFound, ReadyModel
+from service.repository import ModelNotFound
 from service.state import AppState
+from service.versions import ReadyModel
 
 SERVER_NAME = "gan-serving"
 PLATFORM = "onnxruntime_onnx"

@@ -20,9 +20,9 @@ from service.manifest import Manifest
 from service.offload import offload
 from service.protocols import v2_tensors
 from service.protocols.v2_tensors import InferenceRequest, Parameter, TensorError
-from service.repository import ReadyModel
 from service.schemas import GenerateRequest
 from service.settings import Settings
+from service.versions import ReadyModel
 
 SAMPLE_PARAMETERS = ("seed", "offset", "n", "labels", "truncation")  # the native API's, for /generate's plan
 OUTPUT_PARAMETERS = ("binary_data_output", "datatype")

@@ -1,0 +1,261 @@
+"""A model version: what a loaded one is (ReadyModel, FailedModel) and how one is loaded and checked.
+
+Loading is two steps so a hot load (service.control) can run the blocking one off the event loop:
+`prepare_version` (manifest, sha256, session, graph signature, device, warm-up, quality gate, encoder) and
+`start_version` (the batchers, inside the event loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from service.batcher import Batcher, Feeds
+from service.encoders import ReadyEncoder, prepare_encoder, start_encoder
+from service.files import sha256_file
+from service.manifest import (
+    MANIFEST_FILE,
+    ONNX_FILE,
+    Manifest,
+    ManifestError,
+    SignatureError,
+    VersionDir,
+    check_signature,
+    gate_problem,
+    load_manifest,
+)
+from service.metrics import Metrics, ModelObserver
+from service.runtime import CUDA, SessionInfo, intra_op_threads, open_session
+from service.settings import Settings
+
+log = logging.getLogger("service.versions")
+
+
+class LoadError(RuntimeError):
+    pass
+
+
+class Leases:
+    """How many requests hold a version; a version taken out of service closes once none does."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._none = asyncio.Event()
+        self._none.set()
+
+    def take(self) -> None:
+        self.count += 1
+        self._none.clear()
+
+    def give_back(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._none.set()
+
+    async def released(self) -> None:
+        await self._none.wait()
+
+
+@dataclass(frozen=True)
+class FailedModel:
+    """A version that does not serve, and why; what was read before the failure is kept for /models."""
+
+    name: str
+    version: int
+    path: Path
+    reason: str
+    manifest: Manifest | None = None
+    provider: str | None = None
+    load_seconds: float = 0.0
+    fingerprint: str = ""
+    status: Literal["failed"] = "failed"
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+@dataclass(frozen=True)
+class ReadyModel:
+    """A version that loaded, passed every check and warmed up: its session runs behind its batcher."""
+
+    name: str
+    version: int
+    path: Path
+    manifest: Manifest
+    provider: str
+    load_seconds: float
+    session: SessionInfo = field(repr=False)
+    batcher: Batcher = field(repr=False)
+    encoder: ReadyEncoder | None = field(default=None, repr=False)
+    editing_reason: str = ""  # why this version cannot edit, when it has no ready encoder
+    fingerprint: str = ""  # the files it was loaded from (service.control.fingerprint)
+    leases: Leases = field(default_factory=Leases, repr=False, compare=False)
+    status: Literal["ready"] = "ready"
+    reason: None = None
+
+    @property
+    def batchers(self) -> list[Batcher]:
+        return [self.batcher] + ([self.encoder.batcher] if self.encoder else [])
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+ModelVersion = ReadyModel | FailedModel
+
+
+def infer(session: SessionInfo, feeds: Feeds) -> np.ndarray:
+    (x,) = session.session.run(["x"], feeds)
+    return np.asarray(x)
+
+
+def check_graph(session: SessionInfo, manifest: Manifest) -> None:
+    """The manifest must describe the graph: input/output names, dims and dtype."""
+    try:
+        check_signature(*session.signature(), manifest.signature())
+    except SignatureError as error:
+        raise LoadError(str(error)) from None
+
+
+def warm_up(session: SessionInfo, manifest: Manifest, rows: int) -> float:
+    """Run one batch of zeros; returns rows per second (the batcher's first drain-rate estimate)."""
+    feeds = {"z": np.zeros((rows, manifest.z_dim), np.float32)}
+    if manifest.num_classes:
+        feeds["c"] = np.full((rows, manifest.num_classes), 1.0 / manifest.num_classes, np.float32)
+    started = time.perf_counter()
+    x = infer(session, feeds)
+    seconds = time.perf_counter() - started
+    if x.shape != (rows, *manifest.output_shape) or not np.isfinite(x).all():
+        raise LoadError(f"warm-up gave shape {x.shape} (finite: {bool(np.isfinite(x).all())})")
+    return rows / max(seconds, 1e-6)
+
+
+def check_quality(manifest: Manifest, mode: str, key: str) -> None:
+    """Under `enforce`, a model without metrics or failing a gate must not serve; under `warn`, say so."""
+    problem = gate_problem(manifest.gates, manifest.metrics) if mode != "off" else None
+    if problem and mode == "enforce":
+        raise LoadError(f"quality gate: {problem}")
+    if problem:
+        log.warning("model %s quality: %s (GAN_QUALITY_GATE=warn: serving anyway)", key, problem)
+
+
+def read_manifest(found: VersionDir) -> Manifest:
+    """The version's manifest, checked against the folder it lives in and the graph file's sha256."""
+    manifest = load_manifest(found.path / MANIFEST_FILE)
+    if (manifest.name, manifest.version) != (found.name, found.version):
+        raise LoadError(
+            f"manifest says {manifest.name}:{manifest.version} but lives in {found.name}:{found.version}"
+        )
+    if not (found.path / ONNX_FILE).is_file():
+        raise LoadError(f"{ONNX_FILE} is missing")
+    digest = sha256_file(found.path / ONNX_FILE)
+    if digest != manifest.onnx_sha256:
+        raise LoadError(f"sha256 of {ONNX_FILE} is {digest}, manifest says {manifest.onnx_sha256}")
+    return manifest
+
+
+def open_graph(path: Path, settings: Settings) -> SessionInfo:
+    """An ONNX Runtime session on the providers the settings ask for (which one it got is checked after)."""
+    try:
+        session = open_session(
+            path,
+            settings.device,
+            intra_op_threads(settings.intra_op_threads, settings.runners),
+            settings.inter_op_threads,
+            settings.ort_spinning,
+        )
+    except Exception as error:  # onnxruntime raises its own exception types for corrupt graphs
+        raise LoadError(f"ONNX Runtime cannot load the graph: {str(error).splitlines()[0]}") from None
+    return session
+
+
+def check_device(session: SessionInfo, settings: Settings) -> None:
+    if settings.device == "cuda" and session.provider != CUDA:
+        raise LoadError(f"GAN_DEVICE=cuda but the session runs on {session.provider}")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A version checked and warmed up, not yet behind a batcher."""
+
+    found: VersionDir
+    manifest: Manifest
+    session: SessionInfo
+    rows_per_s: float
+    encoder: SessionInfo | None
+    editing_reason: str
+    seconds: float
+
+
+def prepare_version(found: VersionDir, settings: Settings) -> Prepared | FailedModel:
+    """Validate, open, check and warm up one version and its encoder. Blocking: a hot load runs it in a thread."""
+    started = time.perf_counter()
+    manifest: Manifest | None = None
+    session: SessionInfo | None = None
+    key = f"{found.name}:{found.version}"
+    try:
+        manifest = read_manifest(found)
+        session = open_graph(found.path / ONNX_FILE, settings)
+        check_graph(session, manifest)
+        check_device(session, settings)
+        rows_per_s = warm_up(session, manifest, settings.warmup_rows)
+        check_quality(manifest, settings.quality_gate, key)
+    except (ManifestError, LoadError, OSError, ValueError) as error:
+        log.error("model %s failed to load: %s", key, error)
+        provider = session.provider if session else None
+        seconds = time.perf_counter() - started
+        return FailedModel(found.name, found.version, found.path, str(error), manifest, provider, seconds)
+    encoder, editing_reason = prepare_encoder(found.path, manifest, settings)
+    seconds = time.perf_counter() - started
+    return Prepared(found, manifest, session, rows_per_s, encoder, editing_reason, seconds)
+
+
+def start_version(
+    prepared: Prepared, settings: Settings, metrics: Metrics, fingerprint: str = ""
+) -> ReadyModel:
+    """The prepared version behind its batchers (call inside the event loop)."""
+    found, manifest, session = prepared.found, prepared.manifest, prepared.session
+    batcher = Batcher(
+        functools.partial(infer, session),
+        max_batch_rows=settings.max_batch_rows,
+        max_wait_s=settings.max_wait_ms / 1000,
+        max_queue_rows=settings.max_queue_rows,
+        initial_rows_per_s=prepared.rows_per_s,
+        observer=ModelObserver(metrics, found.name),
+        name=f"{found.name}:{found.version}",
+        runners=settings.runners,
+        inline_rows=settings.inline_rows,
+    )
+    batcher.start()
+    encoder = None
+    if prepared.encoder is not None:
+        encoder = start_encoder(prepared.encoder, manifest, settings, metrics)
+    return ReadyModel(
+        found.name, found.version, found.path, manifest, session.provider, prepared.seconds, session, batcher,
+        encoder, prepared.editing_reason, fingerprint,
+    )  # fmt: skip
+
+
+def load_version(found: VersionDir, settings: Settings, metrics: Metrics) -> ModelVersion:
+    """prepare_version, then start_version: one version loaded in place (at start-up)."""
+    prepared = prepare_version(found, settings)
+    return prepared if isinstance(prepared, FailedModel) else start_version(prepared, settings, metrics)
+
+
+def fingerprint(found: VersionDir) -> str:
+    """What a version was loaded from: its manifest's bytes and the size and mtime of every other file."""
+    digest = hashlib.sha256((found.path / MANIFEST_FILE).read_bytes())
+    for file in sorted(p for p in found.path.iterdir() if p.is_file() and p.name != MANIFEST_FILE):
+        stat = file.stat()
+        digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()
