@@ -22,7 +22,9 @@ def test_schemathesis_fuzzes_every_endpoint_of_a_real_server(tmp_path: Path) -> 
     has except `positive_data_acceptance`, which expects any schema-valid body to succeed, but a static schema
     cannot say which class names or z lengths a given model takes, or the GAN_* limits in force.
     """
-    admin = "fuzz-admin-key-0123456789"  # model control on: load and unload of the bundled models are fuzzed too
+    admin = (
+        "fuzz-admin-key-0123456789"  # model control on: load and unload of the bundled models are fuzzed too
+    )
     with running_service({"GAN_MAX_N": "256", "GAN_ADMIN_KEY": admin}) as (url, process):
         schema = httpx.get(f"{url}/openapi.json").json()
         names = sorted(m["name"] for m in httpx.get(f"{url}/models").json()["models"])
