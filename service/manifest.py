@@ -119,6 +119,22 @@ class Encoder(BaseModel):
         return gate_results(self.gates, self.metrics)
 
 
+class Utility(BaseModel):
+    """Downstream utility of the synthetic data (`python -m training utility`): a fixed classifier trained on
+    synthetic rows (TSTR against TRTR) and on a few real rows with and without them, judged on real test data.
+    Informational: its gates are reported, and gate nothing in the service."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    metrics: dict[str, float] = Field(default_factory=dict)
+    gates: list[QualityGate] = Field(default_factory=list)
+    evaluation: Evaluation | None = None
+    classifier: dict[str, Any] = Field(default_factory=dict)  # architecture, optimiser, steps, seeds
+
+    def gate_results(self) -> list[GateResult]:
+        return gate_results(self.gates, self.metrics)
+
+
 class Direction(BaseModel):
     """A named direction in z (unit length): `z + strength * vector` moves a sample toward `target`."""
 
@@ -160,6 +176,7 @@ class Manifest(BaseModel):
     evaluation: Evaluation | None = None
     encoder: Encoder | None = None
     directions: list[Direction] = Field(default_factory=list)
+    utility: Utility | None = None
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Manifest:

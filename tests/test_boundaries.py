@@ -25,8 +25,9 @@ def imported_modules(package: str) -> dict[str, set[str]]:
     return found
 
 
-# What training may import from the service: the manifest contract and the file primitives it writes with.
-CONTRACT = {"service.manifest", "service.files"}
+# What training may import from the service: the manifest contract, the file primitives it writes with, and
+# the latents (pure numpy), so the utility measurement draws exactly the rows /augment serves.
+CONTRACT = {"service.manifest", "service.files", "service.latents"}
 
 
 def test_training_imports_only_the_contract_from_the_service() -> None:
@@ -57,6 +58,6 @@ def test_the_contract_loads_without_torch_or_fastapi(module: str) -> None:
 
 
 def test_training_at_run_time_touches_only_the_contract() -> None:
-    modules = _modules_after("import training.__main__, training.export, training.loop")
+    modules = _modules_after("import training.__main__, training.export, training.loop, training.utility")
     assert {m for m in modules if m.split(".")[0] == "service"} == {"service", *CONTRACT}
     assert "torch" in modules  # the check above is meaningful only if the training stack really loaded

@@ -52,6 +52,14 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--version", type=int, help="default: the highest version")
     q.add_argument("--seeds", type=int, default=5, help="2-D mixtures: runs of 2,500 samples")
 
+    u = commands.add_parser("utility", help="downstream utility of the synthetic data (TSTR, low-data gains)")
+    u.add_argument("--model-dir", required=True, type=Path)
+    u.add_argument("--name", required=True)
+    u.add_argument("--version", type=int, help="default: the highest version")
+    u.add_argument("--sizes", type=int, nargs="*", default=[10_000, 60_000], help="TSTR/TRTR rows")
+    u.add_argument("--shots", type=int, nargs="*", default=[10, 50, 500], help="real rows per class")
+    u.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+
     v = commands.add_parser("evaluator", help="train and ship an evaluator network (quality metrics)")
     v.add_argument("--data", required=True, choices=("fashion-mnist", "mnist"))
     v.add_argument("--epochs", type=int, default=3)
@@ -93,6 +101,16 @@ def main(argv: list[str] | None = None) -> int:
                 command=command, progress=not args.no_progress,
             )  # fmt: skip
             print(f"checkpoint: {path}")
+        elif args.command == "utility":
+            import torch
+
+            from service.manifest import version_path
+            from training.utility import evaluate_utility, report_utility
+
+            if args.threads:
+                torch.set_num_threads(args.threads)
+            path = version_path(args.model_dir, args.name, args.version)
+            print(report_utility(evaluate_utility(path, command, tuple(args.sizes), tuple(args.shots))))
         elif args.command == "evaluate":
             from training.evaluate import evaluate, report
 
