@@ -115,7 +115,9 @@ async def edit(request: Request, state: StateDep) -> Response:
             else {"operation": body.edit.kind} | body.edit.model_dump(exclude_none=True),
             "latents": np.asarray(z, dtype=float).tolist() if body.return_latents else None,
         }
-        return await samples_response(x, body.format, model, plan, extra=extra)
+        return await samples_response(
+            x, body.format, model, plan, extra=extra, png_provenance=state.settings.png_provenance
+        )
     except RequestValidationError:
         raise
     except Exception as error:

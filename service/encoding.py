@@ -1,13 +1,16 @@
-"""Turning generator output into bytes: uint8 images, PNG, .npy and .npz."""
+"""Turning generator output into bytes: uint8 images, PNG (with its provenance in the file), .npy and .npz."""
 
 from __future__ import annotations
 
 import base64
 import functools
+import importlib.metadata
 import io
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 
 def to_uint8_nhwc(x: np.ndarray) -> np.ndarray:
@@ -21,18 +24,90 @@ def to_uint8_nhwc(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(y.transpose(0, 2, 3, 1)).astype(np.uint8)
 
 
-def png_bytes(image: np.ndarray) -> bytes:
-    """One (H, W, C) uint8 image as PNG; grey for C = 1, RGB for C = 3."""
+def _software() -> str:
+    try:
+        return f"gan-serving {importlib.metadata.version('gan-serving')}"
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "gan-serving"
+
+
+# Provenance in the PNG itself, so it stays with a file copied out of a data set: tEXt chunks (PNG's standard
+# `Software`, then `gan:*` keys) and an XMP packet (iTXt, keyword XML:com.adobe.xmp) marking the image as
+# machine-generated with the IPTC digital source type. No timestamps: the same sample gives the same bytes.
+SOFTWARE = _software()
+XMP_KEYWORD = "XML:com.adobe.xmp"
+IPTC_EXT_NS = "http://iptc.org/std/Iptc4xmpExt/2008-02-29/"
+TRAINED_ALGORITHMIC_MEDIA = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
+XMP_PACKET = (  # read-only (end="r"), uncompressed, in the iTXt chunk right after IHDR, as XMP Part 3 asks
+    '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+    '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+    f'<rdf:Description rdf:about="" xmlns:Iptc4xmpExt="{IPTC_EXT_NS}" xmlns:xmp="http://ns.adobe.com/xap/1.0/"'
+    f' Iptc4xmpExt:DigitalSourceType="{TRAINED_ALGORITHMIC_MEDIA}" xmp:CreatorTool="{SOFTWARE}"/>'
+    '</rdf:RDF></x:xmpmeta><?xpacket end="r"?>'
+)
+_XMP_ITXT = XMP_KEYWORD.encode("latin-1") + b"\0\0\0\0\0" + XMP_PACKET.encode("utf-8")  # no language, no tkey
+
+
+def sample_provenance(
+    model: str,
+    version: int,
+    onnx_sha256: str,
+    index: int,
+    seed: int | None = None,
+    label: int | None = None,
+    class_name: str | None = None,
+    **more: str,
+) -> dict[str, str]:
+    """The `gan:*` text of one sample: which graph made it, from which (seed, index), of which class.
+
+    `more`: further keys, written as `gan:<key>` (/edit: `encoder_sha256`, `edit`); None values are left out.
+    """
+    text = {"gan:model": model, "gan:version": str(version), "gan:onnx_sha256": onnx_sha256}
+    if seed is not None:
+        text["gan:seed"] = str(seed)
+    text["gan:index"] = str(index)
+    if label is not None:
+        text["gan:label"] = str(label)
+    if class_name is not None:
+        text["gan:class_name"] = class_name
+    return text | {f"gan:{key}": value for key, value in more.items()}
+
+
+def png_info(provenance: Mapping[str, str]) -> PngInfo:
+    """The XMP packet, then `Software` (unless given) and the provenance in its order as tEXt (iTXt where a
+    value is not Latin-1)."""
+    info = PngInfo()
+    info.add(b"iTXt", _XMP_ITXT)
+    for key, value in ({"Software": SOFTWARE} | dict(provenance)).items():
+        info.add_text(key, value)
+    return info
+
+
+def png_bytes(image: np.ndarray, provenance: Mapping[str, str] | None = None) -> bytes:
+    """One (H, W, C) uint8 image as PNG; grey for C = 1, RGB for C = 3.
+
+    With `provenance` (e.g. `sample_provenance(...)`; an empty mapping writes only `Software` and the XMP),
+    its text chunks and the XMP packet go before IDAT; None: a bare PNG. The pixels are the same either way.
+    """
     buffer = io.BytesIO()
     mode = "L" if image.shape[2] == 1 else "RGB"
     Image.fromarray(image[:, :, 0] if mode == "L" else image, mode).save(
-        buffer, format="PNG", compress_level=1
+        buffer,
+        format="PNG",
+        compress_level=1,
+        pnginfo=None if provenance is None else png_info(provenance),
     )
     return buffer.getvalue()
 
 
-def png_base64(images: np.ndarray) -> list[str]:
-    return [base64.b64encode(png_bytes(image)).decode("ascii") for image in images]
+def png_base64(images: np.ndarray, provenance: Sequence[Mapping[str, str]] | None = None) -> list[str]:
+    """Base64 PNGs of (N, H, W, C) uint8 images; `provenance`: one mapping per image, or None for bare PNGs."""
+    if provenance is None:
+        return [base64.b64encode(png_bytes(image)).decode("ascii") for image in images]
+    return [
+        base64.b64encode(png_bytes(image, text)).decode("ascii")
+        for image, text in zip(images, provenance, strict=True)
+    ]
 
 
 @functools.lru_cache(maxsize=256)

@@ -44,11 +44,14 @@ async def samples_response(
     plan: Plan,
     truncation: float | None = None,
     extra: dict[str, Any] | None = None,
+    *,
+    png_provenance: bool,
 ) -> Response:
     """`png` (base64 PNGs, or numbers for vector models), `json` (numbers), `npy` or `npz` (arrays).
 
     `extra`: more provenance for the JSON body (/edit: the encoder's sha256, the operation, the latents);
     the encoder's sha256 and the operation also go into headers, for the binary formats.
+    `png_provenance` (GAN_PNG_PROVENANCE): each PNG carries its own provenance and the IPTC marking inside.
     """
     headers = provenance_headers(model, plan)
     extra = extra or {}
@@ -72,10 +75,32 @@ async def samples_response(
     )  # fmt: skip
     if fmt == "png" and manifest.kind == "image":
         payload.format = "png"
-        payload.images = await offload(plan.rows, encoding.png_base64, encoding.to_uint8_nhwc(x))
+        texts = png_texts(model, plan, extra) if png_provenance else None
+        payload.images = await offload(plan.rows, encoding.png_base64, encoding.to_uint8_nhwc(x), texts)
     else:  # json, and png requests to vector models: points are numbers
         payload.data = x.reshape(len(x), -1).astype(float).tolist()
     return JSONResponse(payload.model_dump(exclude_none=True), headers=headers)
+
+
+def png_texts(model: ReadyModel, plan: Plan, extra: dict[str, Any]) -> list[dict[str, str]]:
+    """Each row's PNG text: model, version, sha256, seed, index, class; /edit adds the encoder and operation,
+    /interpolate the position t on the path."""
+    more: dict[str, str] = {}
+    if extra.get("encoder_sha256"):
+        more["encoder_sha256"] = str(extra["encoder_sha256"])
+    if extra.get("edit"):
+        more["edit"] = str(extra["edit"]["operation"])
+    manifest = model.manifest
+    labels: list[Any] = plan.labels.tolist() if plan.labels is not None else [None] * plan.rows
+    ts: list[Any] = plan.t if plan.t is not None else [None] * plan.rows
+    texts = []
+    for index, label, t in zip(plan.indices, labels, ts, strict=True):
+        name = manifest.class_names[label] if label is not None and manifest.class_names else None
+        text = encoding.sample_provenance(
+            model.name, model.version, manifest.onnx_sha256, index, plan.seed, label, name, **more
+        )
+        texts.append(text if t is None else text | {"gan:t": str(t)})
+    return texts
 
 
 def npz_page(x: np.ndarray, model: ReadyModel, plan: Plan) -> bytes:

@@ -74,7 +74,9 @@ async def generate(body: GenerateRequest, request: Request, state: StateDep) -> 
         seed = plans.chosen_seed(body.seed)
         plan = await offload(body.n, plans.generate_plan, body, model.manifest, state.settings, seed)
         x = await run_model(model, plan.feeds, plan.rows, request, state)
-        return await samples_response(x, body.format, model, plan, body.truncation)
+        return await samples_response(
+            x, body.format, model, plan, body.truncation, png_provenance=state.settings.png_provenance
+        )
     except Exception as error:
         return problem_response(error, state, model_label(state, body.model))
 
@@ -86,7 +88,9 @@ async def interpolate(body: InterpolateRequest, request: Request, state: StateDe
         model = state.repository.get(body.model, body.version)
         plan = plans.interpolate_plan(body, model.manifest, state.settings)
         x = await run_model(model, plan.feeds, plan.rows, request, state)
-        return await samples_response(x, body.format, model, plan)
+        return await samples_response(
+            x, body.format, model, plan, png_provenance=state.settings.png_provenance
+        )
     except Exception as error:
         return problem_response(error, state, model_label(state, body.model))
 
@@ -115,7 +119,9 @@ async def augment(body: AugmentRequest, request: Request, state: StateDep) -> Re
             rows = min(body.limit or state.settings.max_page_rows, state.settings.max_page_rows)
             plan = await offload(rows, plans.augment_plan, body, model.manifest, state.settings, seed)
         x = await run_model(model, plan.feeds, plan.rows, request, state)
-        return await samples_response(x, body.format, model, plan)
+        return await samples_response(
+            x, body.format, model, plan, png_provenance=state.settings.png_provenance
+        )
     except Exception as error:
         return problem_response(error, state, model_label(state, body.model))
 

@@ -86,6 +86,10 @@ class Settings(BaseSettings):
         description="answer POST /generate without FastAPI's routing layers (same handler, same answers)",
     )
     warmup_rows: int = Field(8, ge=1, le=4096, description="rows in the warm-up batch at load")
+    png_provenance: bool = Field(
+        True,
+        description="every PNG carries its provenance (gan:* text chunks) and the IPTC trainedAlgorithmicMedia XMP",
+    )
     quality_gate: Literal["off", "warn", "enforce"] = Field(
         "warn", description="enforce: a model without metrics or failing a gate is not served; warn: log it"
     )

@@ -141,3 +141,18 @@ def test_protocols_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFixture
         assert p["n"] == 2 and p["errors"] == 0 and p["images_per_s"] > 0
         assert p["ratio_to_raw"] > 0 and p["ratio_to_native"] > 0
     assert "÷ native" in capsys.readouterr().out
+
+
+def test_png_provenance_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.png_provenance import main as png_provenance
+
+    out = tmp_path / "png.json"
+    args = ["--images", "5", "--rounds", "2", "--n", "2", "--service-rounds", "1", "--json", str(out)]
+    assert png_provenance(args) == 0
+    report = json.loads(out.read_text())
+    assert [r["image"] for r in report["encoding"]] == ["28x28x1", "28x28x3"]
+    assert [r["model"] for r in report["service"]] == ["fashion-cgan", "stacked-mnist"]
+    for r in report["encoding"] + report["service"]:
+        assert min(r["without_wall_us"], r["with_wall_us"], r["cpu_ratio"], r["wall_ratio"]) > 0
+    assert all(r["with_bytes"] > r["without_bytes"] for r in report["encoding"])
+    assert "CPU ratio" in capsys.readouterr().out
