@@ -74,8 +74,7 @@ def train_and_test(
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     parts = [
-        (torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y).long())
-        for x, y in train
+        (torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y).long()) for x, y in train
     ]
     channels, size = parts[0][0].shape[1], parts[0][0].shape[2]
     net = UtilityNet(channels, size, classes)
