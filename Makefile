@@ -14,16 +14,16 @@ test: venv system-deps
 	$(BIN)/python -m pytest
 
 lint: venv
-	$(BIN)/ruff check service training tests bench
-	$(BIN)/ruff format --check service training tests bench
-	$(BIN)/mypy
+	$(BIN)/ruff check service training tests bench client
+	$(BIN)/ruff format --check service training tests bench client
+	$(BIN)/mypy service client/gan_client
 
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[train,cpu,grpc,dev]'
+	$(BIN)/pip install --quiet -e '.[train,cpu,grpc,dev]' -e client
 	touch $@
 
 # Debian packages the tests use: Fashion-MNIST (nothing is downloaded at run time), Prometheus and promtool.
