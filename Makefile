@@ -26,12 +26,14 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[train,cpu,grpc,dev]' -e client
 	touch $@
 
-# Debian packages the tests use: Fashion-MNIST (nothing is downloaded at run time), Prometheus and promtool.
+# Debian packages the tests use: Fashion-MNIST (nothing is downloaded at run time), Prometheus and promtool,
+# and Chromium for the playground's browser tests (Playwright drives it; it downloads no browser).
 # kubectl (with its built-in kustomize) comes with the machine image; Debian's kubernetes-client is too old.
 system-deps:
 	@missing=""; \
 	[ -d $(FASHION_MNIST_DIR) ] || missing="$$missing dataset-fashion-mnist"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	  else echo "missing Debian packages: sudo apt-get install$$missing" >&2; exit 1; fi; \

@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.auth import KeyRing, presented_key
 from service.errors import RETRY_NOW, Problem, error_response, v2_path
 from service.fastpath import FastGenerate
+from service.playground import public
 from service.state import AppState
 
 V2_PROBES = {"/v2/health/live", "/v2/health/ready"}
@@ -154,7 +155,8 @@ class Gate:
             if not self.admin.accepts(presented_key(scope["headers"])):
                 return NOT_ADMIN
             return DRAINING if self.state.draining else None
-        keys = self.keys if path not in self.open_paths else None
+        open_path = path in self.open_paths or public(scope["method"], path)  # the page: its calls carry keys
+        keys = self.keys if not open_path else None
         if keys is not None and not keys.accepts(presented_key(scope["headers"])):
             return UNAUTHORIZED
         if self.state.draining and path not in ALWAYS_OPEN:

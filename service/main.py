@@ -18,6 +18,7 @@ from service.errors import install_error_handlers
 from service.fastpath import FastGenerate
 from service.gate import PROBES, Gate
 from service.metrics import Metrics
+from service.playground import install_playground
 from service.protocols.v2 import router as v2_router
 from service.protocols.v2_repository import router as v2_repository_router
 from service.protocols.v2_tensors import InferenceRequest
@@ -88,17 +89,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Samples, interpolations and labelled synthetic data from GAN generators served by ONNX Runtime.",
         lifespan=lifespan,
+        docs_url=None,  # /docs comes from service.playground, with vendored assets; no /redoc
+        redoc_url=None,
     )
     app.state.gan = state
     app.include_router(router)
     app.include_router(edit_router)
     app.include_router(v2_router)
     app.include_router(v2_repository_router)
+    install_playground(app)  # `/`, `/docs` and `/static/`: out of the schema
     app.openapi = lambda: openapi_with_bodies(app)  # type: ignore[method-assign]
     install_error_handlers(app, state)
     fast = FastGenerate(app, state) if settings.fast_path else None
     app.add_middleware(Gate, state=state, keys=keys, fast=fast, admin=admin)
     if keys is not None:
-        log.info("API keys required (%d accepted) on all but %s", len(keys), sorted(PROBES))
+        log.info("API keys required (%d accepted) on all but %s and the page", len(keys), sorted(PROBES))
     log.info("model control (/v2/repository): %s", "on, with GAN_ADMIN_KEY" if admin else "off")
     return app
