@@ -7,6 +7,7 @@ moves it into place only then, so a directory never holds a shard with the wrong
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import os
@@ -75,6 +76,11 @@ class DatasetJob:
         return self.state in TERMINAL
 
 
+def parse_shard(body: dict[str, Any]) -> Shard:
+    """A shard of the listing (fields the client does not know are ignored: the service may add some)."""
+    return Shard(**{f.name: body[f.name] for f in dataclasses.fields(Shard)})
+
+
 def parse_job(body: dict[str, Any]) -> DatasetJob:
     listed = body.get("shards")
     return DatasetJob(
@@ -83,7 +89,7 @@ def parse_job(body: dict[str, Any]) -> DatasetJob:
         rows_total=body["rows_total"], rows_done=body["rows_done"], shards_total=body["shards_total"],
         shards_done=body["shards_done"], rows_per_s=body.get("rate_rows_per_s"), eta_s=body.get("eta_s"),
         error=body.get("error"), spec=body.get("spec") or {},
-        shards=[Shard(**s) for s in listed] if listed is not None else None, raw=body,
+        shards=[parse_shard(s) for s in listed] if listed is not None else None, raw=body,
     )  # fmt: skip
 
 
