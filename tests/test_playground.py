@@ -268,6 +268,12 @@ def test_editing_an_uploaded_and_a_dropped_image(watch: Watch, bundled_service: 
     page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
     page.wait_for_selector("#edit-result[data-state=ready] .tile button[title*='grey.png']")
     assert page.locator("#edit-result .tile").count() == 3
+    # Or a sample of the grid: selected by a click, then used.
+    page.click("#grid .tile:nth-child(6) button")
+    page.click("#edit-use-selected")
+    page.wait_for_selector("#edit-result[data-state=ready] .tile button[title*='sample-5.png']")
+    first = sources(page, "#edit-result .tile img")[0]
+    assert np.array_equal(pixels(first), pixels(sources(page, "#grid .tile:nth-child(6) img")[0]))
 
 
 def test_a_synthetic_page_downloads_and_the_jobs_panel_follows_the_schema(
