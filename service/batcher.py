@@ -5,6 +5,13 @@ holds `max_batch_rows` rows or when its oldest request has waited `max_wait_s`. 
 computed at once, each on its own worker thread (ONNX Runtime sessions take concurrent `run` calls), so the
 event loop keeps accepting, parsing and answering meanwhile, and a batch is collected only when a runner is
 free to take it: under load it holds everything that arrived during the previous computations.
+
+A second, background lane (`enqueue(..., background=True)`: dataset jobs) only fills idle capacity. Its rows
+wait in their own queue, which is drawn from only while no interactive row waits; its batches run on runners
+of their own (`background_runners`, default `runners`), on threads at the lowest CPU priority (nice 19), so an
+interactive request never waits for a runner held by background work and the OS gives it the CPU first.
+Background rows have no deadline and no row limit (their callers bound them), never count toward the
+interactive queue's 429 limit or its drain-rate estimate, and a drain fails them at once instead of waiting.
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -73,6 +82,19 @@ class _Request:
     next_row: int = 0  # first row not yet handed to a batch
     pending: int = 0  # rows not yet computed
     out: np.ndarray | None = field(default=None, repr=False)
+    background: bool = False
+
+
+Chunks = list[tuple[_Request, int, int]]  # one batch: (request, first row, end row) per request in it
+
+
+def lower_priority(nice: int) -> None:
+    """Give the calling thread a lower CPU priority (Linux: the nice value is per thread); best effort."""
+    try:
+        thread = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, thread, max(nice, os.getpriority(os.PRIO_PROCESS, thread)))
+    except (AttributeError, OSError):  # no setpriority on this platform, or not allowed: same priority
+        pass
 
 
 class Batcher:
@@ -88,6 +110,8 @@ class Batcher:
         name: str = "model",
         runners: int = 1,
         inline_rows: int = 0,
+        background_runners: int | None = None,
+        background_nice: int = 19,
     ) -> None:
         self._infer = infer
         self.max_batch_rows, self.max_wait_s, self.max_queue_rows = max_batch_rows, max_wait_s, max_queue_rows
@@ -100,18 +124,39 @@ class Batcher:
         self.runners, self.inline_rows = runners, inline_rows
         self._slots = asyncio.Semaphore(runners)
         self._executor = ThreadPoolExecutor(runners, thread_name_prefix=f"infer-{name}")
+        # The background lane: its own queue, runners and (low-priority) threads; threads start on first use.
+        self._background: deque[_Request] = deque()
+        self._background_rows = 0
+        self.background_runners = runners if background_runners is None else max(1, background_runners)
+        self._background_slots = asyncio.Semaphore(self.background_runners)
+        self._background_wakeup = asyncio.Event()
+        self._background_executor = ThreadPoolExecutor(
+            self.background_runners,
+            thread_name_prefix=f"infer-bg-{name}",
+            initializer=lower_priority,
+            initargs=(background_nice,),
+        )
         self._worker: asyncio.Task[None] | None = None
+        self._background_worker: asyncio.Task[None] | None = None
         self._computing: set[asyncio.Task[None]] = set()
-        self._inflight: list[list[tuple[_Request, int, int]]] = []  # the batches being computed
+        self._inflight: list[Chunks] = []  # the batches being computed, of both lanes
         self._closed = False
         self.rows_per_s = initial_rows_per_s  # measured drain rate, smoothed
 
     @property
     def queued_rows(self) -> int:
+        """Interactive rows waiting (what the 429 limit and Retry-After count)."""
         return self._queued_rows
 
+    @property
+    def background_rows(self) -> int:
+        """Background rows waiting."""
+        return self._background_rows
+
     def start(self) -> None:
-        self._worker = asyncio.get_running_loop().create_task(self._run())
+        loop = asyncio.get_running_loop()
+        self._worker = loop.create_task(self._run())
+        self._background_worker = loop.create_task(self._run_background())
 
     def retry_after_s(self, extra_rows: int = 0) -> int:
         """Seconds until the rows ahead (plus `extra_rows`) are drained at the measured rate."""
@@ -121,25 +166,48 @@ class Batcher:
         """Queue n rows; returns the (n, ...) output. Cancelling the caller drops the rows not yet computed."""
         return await self.enqueue(feeds, n, timeout_s)
 
-    def enqueue(self, feeds: Feeds, n: int, timeout_s: float) -> asyncio.Future[np.ndarray]:
-        """Queue n rows now; the future gets the (n, ...) output. Cancelling it drops the rows not yet computed."""
+    def enqueue(
+        self, feeds: Feeds, n: int, timeout_s: float, background: bool = False
+    ) -> asyncio.Future[np.ndarray]:
+        """Queue n rows now; the future gets the (n, ...) output. Cancelling it drops the rows not yet computed.
+
+        `background`: the low-priority lane (see the module's docstring); `timeout_s` may be math.inf.
+        """
         if self._closed:
             raise Draining("the service is draining")
-        if self._queued_rows and self._queued_rows + n > self.max_queue_rows:
+        if not background and self._queued_rows and self._queued_rows + n > self.max_queue_rows:
             raise QueueFull(self._queued_rows, self.retry_after_s(n))
         now = time.monotonic()
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Request(feeds, n, future, now, now + timeout_s, pending=n))
+        request = _Request(feeds, n, future, now, now + timeout_s, pending=n, background=background)
+        self._idle.clear()
+        if background:
+            self._background.append(request)
+            self._background_rows += n
+            self._background_wakeup.set()
+            future.add_done_callback(lambda _: self._forget(request))
+            return future
+        self._queue.append(request)
         self._queued_rows += n
         self._observer.queue_rows(self._queued_rows)
-        self._idle.clear()
         self._wakeup.set()
         return future
 
-    async def _collect(self) -> list[tuple[_Request, int, int]]:
+    def _forget(self, request: _Request) -> None:
+        """A cancelled background request leaves the queue at once (a deleted job's rows stop counting)."""
+        if request.future.cancelled() and request in self._background:
+            self._background.remove(request)
+            self._background_rows -= request.n - request.next_row
+            if self._quiet():
+                self._idle.set()
+
+    def _quiet(self) -> bool:
+        return not self._queue and not self._background and not self._inflight
+
+    async def _collect(self) -> Chunks:
         """Wait for a full batch or the oldest request's wait limit, then take up to max_batch_rows rows."""
         while not self._queue:
-            if not self._inflight:
+            if self._quiet():
                 self._idle.set()
             self._wakeup.clear()
             await self._wakeup.wait()
@@ -150,30 +218,44 @@ class Batcher:
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
             except TimeoutError:
                 break
-        chunks: list[tuple[_Request, int, int]] = []
+        chunks = self._take(self._queue, background=False)
+        self._observer.queue_rows(self._queued_rows)
+        if not self._queue:
+            self._background_wakeup.set()  # no interactive row waits: the background lane may go
+        return chunks
+
+    def _take(self, queue: deque[_Request], background: bool) -> Chunks:
+        """Up to max_batch_rows rows from the head of one lane's queue; requests already answered (cancelled,
+        failed) or past their deadline are dropped on the way."""
+        chunks: Chunks = []
         rows, now = 0, time.monotonic()
-        while self._queue and rows < self.max_batch_rows:
-            request = self._queue[0]
+        while queue and rows < self.max_batch_rows:
+            request = queue[0]
             if request.future.done() or (request.next_row == 0 and now > request.deadline):
-                self._queue.popleft()
-                self._queued_rows -= request.n - request.next_row
+                queue.popleft()
+                self._count(background, -(request.n - request.next_row))
                 if not request.future.done():
                     request.future.set_exception(DeadlineExceeded("deadline passed while queued"))
                     self._observer.dropped("deadline")
-                else:
+                elif not background:
                     self._observer.dropped("cancelled" if request.future.cancelled() else "failed")
                 continue
-            if request.next_row == 0:
+            if request.next_row == 0 and not background:
                 self._observer.queue_wait(now - request.enqueued_at)
             take = min(request.n - request.next_row, self.max_batch_rows - rows)
             chunks.append((request, request.next_row, request.next_row + take))
             request.next_row += take
-            self._queued_rows -= take
+            self._count(background, -take)
             rows += take
             if request.next_row == request.n:
-                self._queue.popleft()
-        self._observer.queue_rows(self._queued_rows)
+                queue.popleft()
         return chunks
+
+    def _count(self, background: bool, rows: int) -> None:
+        if background:
+            self._background_rows += rows
+        else:
+            self._queued_rows += rows
 
     async def _run(self) -> None:
         while True:
@@ -186,12 +268,34 @@ class Batcher:
             if not chunks:
                 self._slots.release()
                 continue
-            self._inflight.append(chunks)
-            task = asyncio.get_running_loop().create_task(self._compute(chunks))
-            self._computing.add(task)
-            task.add_done_callback(self._computing.discard)
+            self._launch(chunks, background=False)
 
-    async def _compute(self, chunks: list[tuple[_Request, int, int]]) -> None:
+    async def _run_background(self) -> None:
+        """The background lane: a batch whenever one of its runners is free and no interactive row waits."""
+        while True:
+            await self._background_slots.acquire()
+            try:
+                while not self._background or self._queue:
+                    self._background_wakeup.clear()
+                    await self._background_wakeup.wait()
+                chunks = self._take(self._background, background=True)
+            except BaseException:
+                self._background_slots.release()
+                raise
+            if not chunks:
+                self._background_slots.release()
+                if self._quiet():
+                    self._idle.set()
+                continue
+            self._launch(chunks, background=True)
+
+    def _launch(self, chunks: Chunks, background: bool) -> None:
+        self._inflight.append(chunks)
+        task = asyncio.get_running_loop().create_task(self._compute(chunks, background))
+        self._computing.add(task)
+        task.add_done_callback(self._computing.discard)
+
+    async def _compute(self, chunks: Chunks, background: bool = False) -> None:
         loop = asyncio.get_running_loop()
         try:
             names = chunks[0][0].feeds.keys()
@@ -199,12 +303,14 @@ class Batcher:
             rows = sum(b - a for _, a, b in chunks)
             started = time.perf_counter()
             try:
-                if rows <= self.inline_rows and len(self._inflight) == 1 and not self._queue:
+                idle = len(self._inflight) == 1 and not self._queue and not self._background
+                if not background and rows <= self.inline_rows and idle:
                     # Idle service, tiny batch: computing it here saves two thread hand-offs (~0.1 ms of a
                     # 1 ms request); nothing else is waiting for the loop meanwhile.
                     out = self._infer(feeds)
                 else:
-                    out = await loop.run_in_executor(self._executor, self._infer, feeds)
+                    executor = self._background_executor if background else self._executor
+                    out = await loop.run_in_executor(executor, self._infer, feeds)
                 if len(out) != rows:
                     raise BatchFailed(f"model returned {len(out)} rows for a batch of {rows}")
             except Exception as error:  # every request in the failed batch gets the error
@@ -219,9 +325,10 @@ class Batcher:
             # Not in a `finally`: on cancellation close() still needs the in-flight list to fail it.
             self._inflight.remove(chunks)
             seconds = time.perf_counter() - started
-            self._observer.batch(rows, seconds)
-            rate = self.runners * rows / max(seconds, 1e-6)  # all runners drain at about this rate
-            self.rows_per_s = 0.8 * self.rows_per_s + 0.2 * rate
+            if not background:  # the interactive lane's figures: background batches run at low priority
+                self._observer.batch(rows, seconds)
+                rate = self.runners * rows / max(seconds, 1e-6)  # all runners drain at about this rate
+                self.rows_per_s = 0.8 * self.rows_per_s + 0.2 * rate
             offset = 0
             for request, a, b in chunks:
                 if not request.future.done():
@@ -233,13 +340,24 @@ class Batcher:
                         request.future.set_result(request.out)
                 offset += b - a
         finally:
-            self._slots.release()
-            if not self._queue and not self._inflight:
+            (self._background_slots if background else self._slots).release()
+            if self._quiet():
                 self._idle.set()
 
+    def _fail_background(self, error: Exception) -> None:
+        for request in self._background:
+            if not request.future.done():
+                request.future.set_exception(error)
+        self._background.clear()
+        self._background_rows = 0
+        if self._quiet():
+            self._idle.set()
+
     async def drain(self, timeout_s: float) -> bool:
-        """Stop intake, let queued work finish for up to timeout_s, then fail the rest; True if all finished."""
+        """Stop intake, let queued interactive work finish for up to timeout_s, then fail the rest; True if all
+        finished. Queued background rows fail at once (a dataset job resumes from its shards on disk)."""
         self._closed = True
+        self._fail_background(Draining("the service is draining"))
         try:
             await asyncio.wait_for(self._idle.wait(), timeout_s)
             finished = True
@@ -250,15 +368,17 @@ class Batcher:
 
     async def close(self) -> None:
         self._closed = True
-        for task in [self._worker, *self._computing]:
+        for task in [self._worker, self._background_worker, *self._computing]:
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         inflight = [request for chunks in self._inflight for request, _, _ in chunks]
-        for request in inflight + list(self._queue):
+        for request in inflight + list(self._queue) + list(self._background):
             if not request.future.done():
                 request.future.set_exception(Draining("the service stopped before this request was computed"))
         self._queue.clear()
-        self._queued_rows = 0
+        self._background.clear()
+        self._queued_rows = self._background_rows = 0
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._background_executor.shutdown(wait=False, cancel_futures=True)

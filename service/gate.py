@@ -31,6 +31,7 @@ ENDPOINTS = {
     "/interpolate",
     "/augment",
     "/edit",
+    "/datasets",
     "/models",
     "/healthz",
     "/readyz",
@@ -66,6 +67,8 @@ NOT_ADMIN = Problem(
 
 # Triton's repository extension: /v2/repository/index, /v2/repository/models/{name}/load|unload
 V2_CONTROL_PATH = re.compile(r"/v2/repository/models/[^/]+/(load|unload)")
+# Dataset jobs: /datasets/{id}, /datasets/{id}/metadata, /datasets/{id}/shards/{k}
+DATASET_PATH = re.compile(r"/datasets/[^/]+(/metadata|/shards/[^/]+)?")
 # The Open Inference Protocol's model paths, by their shape: /v2/models/{name}[/versions/{version}][/ready|/infer]
 V2_MODEL_PATH = re.compile(r"/v2/models/[^/]+(/versions/[^/]+)?(/ready|/infer)?")
 
@@ -80,6 +83,10 @@ def endpoint_label(path: str) -> str:
     v2 = V2_MODEL_PATH.fullmatch(path)
     if v2 is not None:
         return "/v2/models/{name}" + ("/versions/{version}" if v2[1] else "") + (v2[2] or "")
+    dataset = DATASET_PATH.fullmatch(path)
+    if dataset is not None:
+        suffix = dataset[1] or ""
+        return "/datasets/{id}" + ("/shards/{k}" if suffix.startswith("/shards/") else suffix)
     return "/models/{name}" if path.startswith("/models/") else "other"
 
 

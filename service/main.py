@@ -13,6 +13,8 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from service.auth import admin_ring, key_ring
+from service.datasets.routes import router as datasets_router
+from service.datasets.runner import DatasetJobs
 from service.edit_route import router as edit_router
 from service.errors import install_error_handlers
 from service.fastpath import FastGenerate
@@ -54,12 +56,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     admin = admin_ring(settings, keys)
     metrics = Metrics()
     state = AppState(settings, metrics, Repository(settings, metrics))
+    datasets = DatasetJobs(state)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = check_single_runtime()
         log.info("ONNX Runtime package: %s; model directory: %s", runtime, settings.model_dir)
         state.repository.load()
+        await datasets.start()  # resumes unfinished dataset jobs
         poll = None
         if settings.model_poll_s > 0:
             poll = asyncio.get_running_loop().create_task(state.control.poll_forever(settings.model_poll_s))
@@ -81,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await poll
             if grpc_server is not None:
                 await grpc_server.stop(1.0)
+            await datasets.close()  # before the batchers close: a job stops, and resumes at the next start
             await state.control.close()
             await state.repository.close()
 
@@ -93,10 +98,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.gan = state
+    app.state.datasets = datasets
     app.include_router(router)
     app.include_router(edit_router)
     app.include_router(v2_router)
     app.include_router(v2_repository_router)
+    app.include_router(datasets_router)
     install_playground(app)  # `/`, `/docs` and `/static/`: out of the schema
     app.openapi = lambda: openapi_with_bodies(app)  # type: ignore[method-assign]
     install_error_handlers(app, state)

@@ -89,9 +89,15 @@ def sample_feeds(
 VALUE_BYTES = {("image", "png"): 2, ("image", "npy"): 1, ("image", "npz"): 1, ("image", "json"): 24}
 
 
+# A PNG's provenance chunks (service.encoding: text chunks and the XMP marking), as base64 in JSON
+PNG_PROVENANCE_BYTES = 1100
+
+
 def check_response_size(settings: Settings, manifest: Manifest, rows: int, fmt: str, field: str) -> None:
     per_value = VALUE_BYTES.get((manifest.kind, fmt), 4 if fmt in ("npy", "npz") else 24)
     size = rows * int(np.prod(manifest.output_shape)) * per_value
+    if manifest.kind == "image" and fmt == "png" and settings.png_provenance:
+        size += rows * PNG_PROVENANCE_BYTES
     if size > settings.max_response_bytes:
         raise PlanError(
             f"{rows} rows of {manifest.name} as {fmt} would be about {size} bytes; at most "
@@ -210,9 +216,17 @@ def page_rows(body: AugmentRequest, total: int, settings: Settings, manifest: Ma
 def augment_plan(body: AugmentRequest, manifest: Manifest, settings: Settings, seed: int) -> Plan:
     """One page of a deterministic labelled set: row j has latent (seed, j) and the j-th class of the plan."""
     counts = augment_counts(body, manifest)
-    total = int(counts.sum())
-    rows = page_rows(body, total, settings, manifest)
-    index = np.arange(body.offset, body.offset + rows)
-    y = np.repeat(np.arange(len(counts)), counts)[index] if manifest.num_classes else None
-    feeds = sample_feeds(seed, body.offset, rows, manifest, body.truncation, y)
-    return Plan(feeds, seed, index.tolist(), y, total_rows=total)
+    rows = page_rows(body, int(counts.sum()), settings, manifest)
+    return set_rows(counts, body.offset, rows, manifest, seed, body.truncation)
+
+
+def set_rows(
+    counts: np.ndarray, offset: int, rows: int, manifest: Manifest, seed: int, truncation: float | None
+) -> Plan:
+    """Rows offset .. offset + rows - 1 of the set with `counts` rows per class, in class order: row j has latent
+    (seed, j) and class c where counts[:c].sum() <= j < counts[:c + 1].sum(). /augment pages and /datasets
+    shards are both cut from it."""
+    index = np.arange(offset, offset + rows)
+    y = np.searchsorted(np.cumsum(counts), index, side="right") if manifest.num_classes else None
+    feeds = sample_feeds(seed, offset, rows, manifest, truncation, y)
+    return Plan(feeds, seed, index.tolist(), y, total_rows=int(counts.sum()))

@@ -48,6 +48,27 @@ class Settings(BaseSettings):
         64 << 20, ge=1024, description="largest sample payload one response may carry (raw bytes) before 422"
     )
 
+    data_dir: Path = Field(
+        Path("data"),
+        description="dataset jobs (/datasets): their SQLite state and shards; relative to the working directory",
+    )
+    max_dataset_rows: int = Field(1_000_000, ge=1, description="rows in one /datasets job")
+    max_dataset_jobs: int = Field(2, ge=1, le=64, description="dataset jobs running at once")
+    dataset_disk_bytes: int = Field(
+        10 << 30, ge=0, description="bytes all dataset shards together may take under GAN_DATA_DIR"
+    )
+    dataset_retention_s: float = Field(
+        604800.0,
+        gt=0,
+        description="a finished dataset job (done or failed) and its shards are removed this long after",
+    )
+    dataset_nice: int = Field(
+        19,
+        ge=0,
+        le=19,
+        description="CPU priority (nice) of dataset jobs' threads, their inference and encoding: 19 takes only the CPU interactive requests leave",
+    )
+
     api_key: SecretStr | None = Field(
         None,
         description="when set, every endpoint but the health probes needs this key (Bearer or X-API-Key)",

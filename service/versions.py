@@ -235,6 +235,7 @@ def start_version(
         name=f"{found.name}:{found.version}",
         runners=settings.runners,
         inline_rows=settings.inline_rows,
+        background_nice=settings.dataset_nice,
     )
     batcher.start()
     encoder = None

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -306,3 +308,152 @@ def test_a_tiny_batch_on_an_idle_batcher_runs_on_the_event_loop() -> None:
     loop_thread = threading.main_thread().name
     assert threads[0] == (1, loop_thread)
     assert threads[1][0] == 3 and threads[1][1] != loop_thread
+
+
+# --- the background lane (dataset jobs) ----------------------------------------------------------------------
+
+
+class GatedModel:
+    """Doubles its input; each batch waits at the gate of its first row's value (open unless closed first) and
+    records the thread priority it ran at."""
+
+    def __init__(self) -> None:
+        self.gates: dict[float, threading.Event] = {}
+        self.entered: list[float] = []
+        self.nice: dict[float, int] = {}
+        self._lock = threading.Lock()
+
+    def hold(self, first: float) -> threading.Event:
+        gate = self.gates[first] = threading.Event()
+        return gate
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        first = float(feeds["z"][0, 0])
+        with self._lock:
+            self.entered.append(first)
+            self.nice[first] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        gate = self.gates.get(first)
+        if gate is not None:
+            gate.wait(30)
+        return feeds["z"] * 2
+
+
+def lanes(test: Callable[[Batcher, GatedModel], Awaitable[Any]], **kwargs: Any) -> Any:
+    async def main() -> Any:
+        model = GatedModel()
+        options = {"max_batch_rows": 4, "max_wait_s": 0.0, "max_queue_rows": 8, "runners": 1} | kwargs
+        batcher = Batcher(model, **options)
+        batcher.start()
+        try:
+            return await test(batcher, model)
+        finally:
+            await batcher.close()
+
+    return asyncio.run(main())
+
+
+async def spin(turns: int = 20) -> None:
+    """Let the event loop run every ready task a few times (the lanes decide on the loop, synchronously)."""
+    for _ in range(turns):
+        await asyncio.sleep(0)
+
+
+def test_interactive_rows_find_a_runner_and_go_first_while_background_work_runs() -> None:
+    """Background work holding every background runner leaves the interactive runner free; while interactive rows
+    wait, no background batch is taken; once they are gone the background rows are computed, all in order."""
+
+    async def test(batcher: Batcher, model: GatedModel) -> None:
+        c1, a = model.hold(200.0), model.hold(0.0)
+        job = batcher.enqueue(rows(200, 8), 8, math.inf, background=True)
+        await eventually(lambda: model.entered == [200.0], what="the first background batch in the model")
+        first = asyncio.ensure_future(batcher.submit(rows(0, 4), 4, 5))
+        await eventually(lambda: model.entered == [200.0, 0.0], what="the interactive batch beside it")
+        second = asyncio.ensure_future(batcher.submit(rows(100, 4), 4, 5))
+        await eventually(lambda: batcher.queued_rows == 4, what="the second interactive request to queue")
+        c1.set()  # the background runner is free again, but an interactive request waits: it must not go
+        await eventually(lambda: len(batcher._inflight) == 1, what="the first background batch to finish")
+        await spin()
+        assert batcher.background_rows == 4 and model.entered == [200.0, 0.0]
+        a.set()  # the interactive runner takes `second`; only then does the background lane go on
+        await eventually(lambda: batcher.background_rows == 0, what="the background lane to resume")
+        assert batcher.queued_rows == 0 and 100.0 in model.entered
+        np.testing.assert_array_equal(await job, rows(200, 8)["z"] * 2)
+        np.testing.assert_array_equal(await first, rows(0, 4)["z"] * 2)
+        np.testing.assert_array_equal(await second, rows(100, 4)["z"] * 2)
+
+    lanes(test, background_runners=1)
+
+
+def test_background_work_alone_is_computed_on_every_background_runner_at_low_priority() -> None:
+    """No interactive load: the background lane never starves; its batches run two at a time (its own runners)
+    on threads at nice 19, interactive batches at the process's priority."""
+    both = threading.Barrier(2, timeout=30)
+    nice: list[int] = []
+
+    def infer(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        nice.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        if feeds["z"][0, 0] >= 1000:
+            both.wait()  # the first two background batches meet: they run at once
+        return feeds["z"] * 2
+
+    async def main() -> None:
+        batcher = Batcher(infer, max_batch_rows=4, max_wait_s=0.0, max_queue_rows=8, runners=2)
+        batcher.start()
+        try:
+            out = await batcher.enqueue(rows(1000, 8), 8, math.inf, background=True)
+            np.testing.assert_array_equal(out, rows(1000, 8)["z"] * 2)
+            assert batcher._idle.is_set() and batcher.background_rows == 0
+            await batcher.submit(rows(0, 4), 4, 5)
+        finally:
+            await batcher.close()
+
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    asyncio.run(main())
+    assert nice == [max(base, 19), max(base, 19), base]
+
+
+def test_background_rows_never_fill_the_interactive_queue() -> None:
+    """Background rows have no row limit and do not count toward the 429: a full-sized interactive request is
+    accepted behind any amount of background work, and is computed before the background rows still waiting."""
+
+    async def test(batcher: Batcher, model: GatedModel) -> None:
+        held = model.hold(500.0)
+        job = batcher.enqueue(rows(500, 100), 100, math.inf, background=True)
+        await eventually(lambda: model.entered == [500.0], what="the first background batch")
+        assert batcher.queued_rows == 0 and batcher.background_rows == 96
+        out = await batcher.submit(rows(0, 8), 8, 5)  # max_queue_rows = 8: accepted, and answered
+        np.testing.assert_array_equal(out, rows(0, 8)["z"] * 2)
+        assert batcher.background_rows == 96  # the held background runner has not moved meanwhile
+        held.set()
+        np.testing.assert_array_equal(await job, rows(500, 100)["z"] * 2)
+
+    lanes(test, background_runners=1)
+
+
+def test_cancelled_background_rows_are_dropped_and_a_drain_fails_them_at_once() -> None:
+    async def test(batcher: Batcher, model: GatedModel) -> None:
+        held = model.hold(300.0)
+        gone = batcher.enqueue(rows(300, 12), 12, math.inf, background=True)
+        await eventually(lambda: model.entered == [300.0], what="the first background batch")
+        gone.cancel()  # a deleted job: its rows not yet in a batch are never computed
+        kept = batcher.enqueue(rows(400, 4), 4, math.inf, background=True)
+        waiting = batcher.enqueue(rows(600, 4), 4, math.inf, background=True)
+        held.set()
+        np.testing.assert_array_equal(await kept, rows(400, 4)["z"] * 2)
+        assert 304.0 not in model.entered and 308.0 not in model.entered
+        await waiting
+        model.hold(700.0)
+        in_model = batcher.enqueue(rows(700, 4), 4, math.inf, background=True)
+        queued = batcher.enqueue(rows(800, 4), 4, math.inf, background=True)
+        await eventually(lambda: 700.0 in model.entered, what="a background batch in the model")
+        draining = asyncio.ensure_future(batcher.drain(30.0))
+        with pytest.raises(Draining):
+            await queued  # failed at once: the drain does not wait for queued background rows
+        assert not draining.done()  # ... but it does wait for the batch in flight
+        model.gates[700.0].set()
+        assert await draining
+        np.testing.assert_array_equal(await in_model, rows(700, 4)["z"] * 2)
+        with pytest.raises(Draining):
+            batcher.enqueue(rows(0, 1), 1, math.inf, background=True)
+
+    lanes(test, background_runners=1)

@@ -25,11 +25,20 @@ def test_schemathesis_fuzzes_every_endpoint_of_a_real_server(tmp_path: Path) -> 
     admin = (
         "fuzz-admin-key-0123456789"  # model control on: load and unload of the bundled models are fuzzed too
     )
-    with running_service({"GAN_MAX_N": "256", "GAN_ADMIN_KEY": admin}) as (url, process):
+    datasets = {  # dataset jobs: small, and on the test's own disk
+        "GAN_DATA_DIR": str(tmp_path / "data"), "GAN_MAX_DATASET_ROWS": "64", "GAN_DATASET_DISK_BYTES": str(4 << 20),
+    }  # fmt: skip
+    with running_service({"GAN_MAX_N": "256", "GAN_ADMIN_KEY": admin} | datasets) as (url, process):
         schema = httpx.get(f"{url}/openapi.json").json()
         names = sorted(m["name"] for m in httpx.get(f"{url}/models").json()["models"])
         model_names = {"type": "string", "enum": [*names, "no-such-model"]}
-        for body in ("GenerateRequest", "InterpolateRequest", "AugmentRequest", "EditRequest"):
+        for body in (
+            "GenerateRequest",
+            "InterpolateRequest",
+            "AugmentRequest",
+            "EditRequest",
+            "DatasetRequest",
+        ):
             schema["components"]["schemas"][body]["properties"]["model"] = model_names
         (parameter,) = schema["paths"]["/models/{name}"]["get"]["parameters"]
         parameter["schema"] = model_names
@@ -62,9 +71,11 @@ def test_schemathesis_fuzzes_every_endpoint_of_a_real_server(tmp_path: Path) -> 
     )
     assert result.returncode == 0, result.stdout[-6000:]
     assert summary["failures"] == [] and summary["errors"] == []
+    operations = sum(len(methods) for methods in schema["paths"].values())
     assert (
-        summary["operations"]["tested"] == len(schema["paths"]) == 21
-    )  # 9 native, 9 Open Inference Protocol
+        len(schema["paths"]) == 25
+    )  # 9 native, 9 Open Inference Protocol, 4 dataset jobs (with 6 operations)
+    assert summary["operations"]["tested"] == operations == 27
     assert summary["test_cases"]["generated"] >= 1000
     assert alive
 

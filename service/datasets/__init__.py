@@ -1,0 +1,6 @@
+"""Dataset jobs (/datasets): a labelled synthetic set written to disk in shards, in the background.
+
+spec (the job and its row plan), shards (deterministic bytes, atomic writes), store (SQLite state), croissant
+(the metadata), runner (the jobs' tasks, through the batchers' background lane), routes (HTTP), cli (the same
+shards from ONNX Runtime directly: one pod of a Kubernetes Indexed Job).
+"""

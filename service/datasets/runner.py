@@ -1,0 +1,301 @@
+"""Dataset jobs at run time: one asyncio task per running job, started in the app's lifespan (which resumes the
+unfinished ones), its rows through the model's batcher in the background lane, its shards written in order.
+
+A job holds the model version it was created on for its whole life (Repository.holding), so a hot swap never
+closes it underneath; its version and ONNX sha256 are recorded, and a resumed job refuses any other graph.
+CPU work of a job (latents, encoding, writing) runs on a thread of its own at the lowest priority.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import errno
+import hashlib
+import importlib.metadata
+import logging
+import math
+import secrets
+import shutil
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.batcher import BatchFailed, Draining, lower_priority
+from service.datasets.limits import check_disk, check_running, check_size
+from service.datasets.shards import Identity, encode_shard, remove_partial, shard_name, write_shard
+from service.datasets.spec import DatasetRequest, JobSpec, RowPlan
+from service.datasets.store import DB_FILE, Job, Shard, Store
+from service.errors import ApiError
+from service.plans import chosen_seed
+from service.repository import ModelNotFound, ModelUnavailable
+from service.state import AppState
+from service.versions import ReadyModel
+
+log = logging.getLogger("service.datasets")
+PIPELINE = 2  # shards in the batcher at once: the next one is queued while the last one is encoded
+
+
+class JobFailed(Exception):
+    """The job cannot go on: the message is the reason it shows."""
+
+
+def software() -> str:
+    try:
+        return f"gan-serving {importlib.metadata.version('gan-serving')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "gan-serving"
+
+
+class DatasetJobs:
+    def __init__(self, state: AppState) -> None:
+        self.state, self.settings = state, state.settings
+        self.store: Store | None = None
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.runs: dict[str, tuple[float, int]] = {}  # job -> (when this run started, rows done then)
+        self.sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def root(self) -> Path:
+        return self.settings.data_dir.resolve()
+
+    def folder(self, job_id: str) -> Path:
+        return self.root / "datasets" / job_id
+
+    def open_store(self) -> Store:
+        """The database, created on first use (a service that never runs a job writes nothing)."""
+        if self.store is None:
+            try:
+                self.store = Store(self.root)
+            except OSError as error:
+                raise ApiError(503, f"GAN_DATA_DIR ({self.root}) cannot be written: {error}", None) from None
+        return self.store
+
+    async def start(self) -> None:
+        """Resume every unfinished job (from its first incomplete shard), and expire finished ones."""
+        if (self.root / DB_FILE).exists():
+            store = self.open_store()
+            await self.sweep()
+            known = {job.id for job in store.jobs()}
+            for orphan in (self.root / "datasets").glob("*"):  # a delete killed between its two steps
+                if orphan.is_dir() and orphan.name not in known:
+                    await asyncio.to_thread(shutil.rmtree, orphan, True)
+            for job in store.jobs("running"):
+                log.info(
+                    "dataset job %s: resuming (%d of %d shards listed)",
+                    job.id,
+                    len(store.shards(job.id)),
+                    job.shards,
+                )
+                self.spawn(job.id)
+        interval = min(60.0, max(0.05, self.settings.dataset_retention_s / 4))
+        self.sweeper = asyncio.get_running_loop().create_task(self.sweep_forever(interval))
+
+    async def close(self) -> None:
+        tasks = [t for t in [self.sweeper, *self.tasks.values()] if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    # --- create, read, delete ------------------------------------------------------------------------------
+
+    def create(self, body: DatasetRequest) -> Job:
+        """Check every limit, record the job and start it. No await inside: the limits cannot race."""
+        settings = self.settings
+        model = self.state.repository.get(body.model, body.version)  # held for the request, 404 / 503
+        manifest, field = model.manifest, body.plan_field()
+        plan = RowPlan.of(resolved(body, model, settings.png_provenance), manifest)
+        estimate = check_size(plan, field, settings)
+        store = self.open_store()
+        running = store.jobs("running")
+        check_running(len(running), settings, self.retry_after(running))
+        check_disk(estimate, store, self.root, field, settings)
+        job = Job(
+            secrets.token_hex(8), plan.spec.model_dump(mode="json"), "running", model.name, model.version,
+            manifest.onnx_sha256, plan.total_rows, plan.shards, estimate, time.time(), None, 0.0, None, plan.info(),
+        )  # fmt: skip
+        store.insert(job)
+        self.spawn(job.id)
+        return job
+
+    def retry_after(self, running: list[Job]) -> int:
+        """Seconds until the running job closest to the end finishes, at its measured rate (1 .. 3600)."""
+        etas = [eta for job in running if (eta := self.progress(job)[1]) is not None]
+        return max(1, min(3600, math.ceil(min(etas)))) if etas else 60
+
+    def job(self, job_id: str) -> Job:
+        job = self.store.job(job_id) if self.store is not None else None
+        if job is None:
+            raise ApiError(404, f"no dataset job '{job_id}'", "id")
+        return job
+
+    def jobs(self) -> list[Job]:
+        return self.store.jobs() if self.store is not None else []
+
+    def shards(self, job_id: str) -> list[Shard]:
+        return self.store.shards(job_id) if self.store is not None else []
+
+    def progress(self, job: Job) -> tuple[float | None, float | None]:
+        """(rows per second, seconds left) of a job: this run's rate while it runs, its whole rate once done."""
+        done = sum(s.rows for s in self.shards(job.id))
+        if job.state != "running":
+            return (job.total_rows / job.active_s if job.active_s > 0 and job.state == "done" else None), None
+        started, rows_then = self.runs.get(job.id, (time.monotonic(), done))
+        elapsed = time.monotonic() - started
+        if done <= rows_then or elapsed <= 0:
+            return None, None
+        rate = (done - rows_then) / elapsed
+        return rate, (job.total_rows - done) / rate
+
+    async def delete(self, job_id: str) -> None:
+        """Cancel the job if it runs, then remove it: its row first, then its files (start-up removes the files
+        of a delete that was killed halfway)."""
+        self.job(job_id)
+        task = self.tasks.get(job_id)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        assert self.store is not None
+        self.store.delete(job_id)
+        await asyncio.to_thread(shutil.rmtree, self.folder(job_id), True)
+
+    async def sweep(self) -> None:
+        """Remove finished jobs older than GAN_DATASET_RETENTION_S."""
+        if self.store is None:
+            return
+        for job_id in self.store.expired(time.time() - self.settings.dataset_retention_s):
+            log.info("dataset job %s: expired (GAN_DATASET_RETENTION_S)", job_id)
+            await self.delete(job_id)
+
+    async def sweep_forever(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await self.sweep()
+
+    # --- running -------------------------------------------------------------------------------------------
+
+    def spawn(self, job_id: str) -> None:
+        # A fresh context: the task must not share the creating request's held versions (it holds its own).
+        task = asyncio.get_running_loop().create_task(self.run(job_id), context=contextvars.Context())
+        self.tasks[job_id] = task
+        task.add_done_callback(lambda _: self.tasks.pop(job_id, None))
+
+    async def run(self, job_id: str) -> None:
+        assert self.store is not None
+        job = self.store.job(job_id)
+        assert job is not None
+        with self.state.repository.holding():
+            try:
+                model = self.state.repository.get(job.model, job.version)
+                if model.manifest.onnx_sha256 != job.onnx_sha256:
+                    raise JobFailed(
+                        f"{model.key} now has ONNX sha256 {model.manifest.onnx_sha256}, the job was started on "
+                        f"{job.onnx_sha256}: its shards would differ; create a new job"
+                    )
+                await self.write(job, JobSpec.model_validate(job.spec), model)
+            except (ModelNotFound, ModelUnavailable) as error:
+                self.fail(job, f"model {job.model} version {job.version} does not serve: {error}")
+            except (JobFailed, BatchFailed) as error:
+                self.fail(job, str(error))
+            except Draining:
+                log.info("dataset job %s: stopped by the drain; it resumes at the next start", job.id)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # a bug: fail the job visibly rather than leave it hanging
+                log.exception("dataset job %s failed", job.id)
+                self.fail(job, f"internal error: {error!r}")
+            finally:
+                self.runs.pop(job.id, None)
+
+    def fail(self, job: Job, reason: str) -> None:
+        log.warning("dataset job %s failed: %s", job.id, reason)
+        assert self.store is not None
+        self.store.finish(job.id, "failed", reason)
+
+    async def write(self, job: Job, spec: JobSpec, model: ReadyModel) -> None:
+        """Every shard not yet listed, in order, PIPELINE of them in the batcher at once."""
+        assert self.store is not None
+        plan, identity, folder = (
+            RowPlan.of(spec, model.manifest),
+            Identity.of(spec, model.manifest),
+            self.folder(job.id),
+        )
+        await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(remove_partial, folder)
+        for shard in self.store.shards(job.id):  # a listed shard whose file is not whole is written again
+            path = folder / shard_name(shard.k, spec.format)
+            if not path.is_file() or path.stat().st_size != shard.bytes:
+                self.store.drop_shard(job.id, shard.k)
+        listed = {s.k for s in self.store.shards(job.id)}
+        todo = [k for k in range(plan.shards) if k not in listed]
+        self.runs[job.id] = (time.monotonic(), sum(s.rows for s in self.store.shards(job.id)))
+        loop = asyncio.get_running_loop()
+        executor = ThreadPoolExecutor(
+            1, f"dataset-{job.id}", initializer=lower_priority, initargs=(self.settings.dataset_nice,)
+        )
+        pending: deque[tuple[int, Any, asyncio.Future[np.ndarray]]] = deque()
+        mark = time.monotonic()
+        try:
+            for k in todo:
+                rows = await loop.run_in_executor(executor, plan.shard_plan, k)
+                future = model.batcher.enqueue(rows.feeds, rows.rows, math.inf, background=True)
+                pending.append((k, rows, future))
+                if len(pending) >= PIPELINE:
+                    mark = await self.finish_shard(
+                        job, plan, identity, executor, mark, *pending.popleft(), model
+                    )
+            while pending:
+                mark = await self.finish_shard(job, plan, identity, executor, mark, *pending.popleft(), model)
+            self.store.finish(job.id, "done", active_s=time.monotonic() - mark)
+            log.info("dataset job %s: done, %d rows in %d shards", job.id, job.total_rows, job.shards)
+        finally:
+            for _, _, future in pending:
+                future.cancel()
+            # A write in progress completes (atomically) before the job's files may be removed.
+            await asyncio.to_thread(executor.shutdown, True)
+
+    async def finish_shard(
+        self, job: Job, plan: RowPlan, identity: Identity, executor: ThreadPoolExecutor, mark: float,
+        k: int, rows: Any, future: asyncio.Future[np.ndarray], model: ReadyModel,
+    ) -> float:  # fmt: skip
+        """Encode shard k once computed, check the budget, write it atomically, then list it."""
+        assert self.store is not None
+        x = await future
+        loop, fmt = asyncio.get_running_loop(), plan.spec.format
+        data, digest = await loop.run_in_executor(executor, encoded, fmt, identity, rows, x)
+        budget, written = self.settings.dataset_disk_bytes, self.store.bytes_written()
+        if written + len(data) > budget:
+            raise JobFailed(
+                f"disk budget exceeded: shard {k} ({len(data)} bytes) would bring the shards to "
+                f"{written + len(data)} bytes, over GAN_DATASET_DISK_BYTES = {budget}; shards 0 .. {k - 1} are kept"
+            )
+        path = self.folder(job.id) / shard_name(k, fmt)
+        try:
+            await loop.run_in_executor(executor, write_shard, path, data)
+        except OSError as error:
+            full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+            raise JobFailed(f"{'disk full: ' if full else ''}writing shard {k} failed: {error}") from None
+        start, stop = plan.shard_range(k)
+        now = time.monotonic()
+        self.store.add_shard(job.id, Shard(k, start, stop, len(data), digest, time.time()), now - mark)
+        self.state.metrics.samples.labels(model.name).inc(stop - start)
+        return now
+
+
+def resolved(body: DatasetRequest, model: ReadyModel, png_provenance: bool) -> JobSpec:
+    """The spec with its seed, version and PNG provenance fixed: what makes every shard reproducible."""
+    fields = body.model_dump() | {"seed": chosen_seed(body.seed), "version": model.version}
+    fields["png_provenance"] = png_provenance if body.png_provenance is None else body.png_provenance
+    return JobSpec.model_validate(fields)
+
+
+def encoded(fmt: Any, identity: Identity, rows: Any, x: np.ndarray) -> tuple[bytes, str]:
+    data = encode_shard(fmt, identity, rows, x)
+    return data, hashlib.sha256(data).hexdigest()

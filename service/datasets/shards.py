@@ -1,0 +1,209 @@
+"""Shard bytes and how they reach the disk: deterministic encoders, and atomic writes.
+
+A shard's bytes are a pure function of its rows: no timestamps, owners or library defaults that vary between
+runs. webdataset: a POSIX tar written by `tarfile` with mtime 0, uid/gid 0, no user names, mode 0644 (webdataset's
+TarWriter stamps the current time); parquet: pyarrow with its settings fixed here; npz: a stored zip with a fixed
+1980-01-01 date on every member (numpy's savez stamps the current time).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service import encoding
+from service.datasets.spec import Format, JobSpec
+from service.files import atomic_write_bytes
+from service.manifest import Manifest
+from service.plans import Plan
+
+EXTENSIONS: dict[str, str] = {"webdataset": ".tar", "parquet": ".parquet", "npz": ".npz"}
+MEDIA_TYPES: dict[str, str] = {
+    "webdataset": "application/x-tar",
+    "parquet": "application/vnd.apache.parquet",
+    "npz": "application/octet-stream",
+}
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip can hold
+
+
+def shard_name(k: int, fmt: str) -> str:
+    return f"shard-{k:05d}{EXTENSIONS[fmt]}"
+
+
+def sample_key(index: int) -> str:
+    """A sample's key inside a webdataset shard: its index in the set, zero-padded so keys sort as numbers."""
+    return f"{index:010d}"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What every sample of a job shares: the graph that made it and how its rows are drawn."""
+
+    model: str
+    version: int
+    onnx_sha256: str
+    seed: int
+    truncation: float | None
+    kind: str  # image | vector
+    class_names: tuple[str, ...]
+    png_provenance: bool
+
+    @classmethod
+    def of(cls, spec: JobSpec, manifest: Manifest) -> Identity:
+        return cls(
+            manifest.name, manifest.version, manifest.onnx_sha256, spec.seed, spec.truncation,
+            manifest.kind, tuple(manifest.class_names) if manifest.num_classes else (), spec.png_provenance,
+        )  # fmt: skip
+
+
+def served(x: np.ndarray, kind: str) -> np.ndarray:
+    """What shards hold: uint8 NHWC images or float32 vectors (as /augment's npz)."""
+    return encoding.to_uint8_nhwc(x) if kind == "image" else np.ascontiguousarray(x, dtype=np.float32)
+
+
+def encode_shard(fmt: Format, identity: Identity, plan: Plan, x: np.ndarray) -> bytes:
+    """The bytes of one shard: the plan's rows (index, class) with their computed generator output `x`."""
+    values = served(x, identity.kind)
+    labels = plan.labels.tolist() if plan.labels is not None else [None] * plan.rows
+    if fmt == "npz":
+        return npz_shard(identity, plan, values)
+    if identity.kind == "image":
+        items = [png(identity, image, i, y) for image, i, y in zip(values, plan.indices, labels, strict=True)]
+    else:
+        items = [encoding.npy_bytes(row) for row in values]
+    if fmt == "webdataset":
+        return webdataset_shard(identity, plan.indices, labels, items)
+    return parquet_shard(identity, plan.indices, labels, items, values)
+
+
+def png(identity: Identity, image: np.ndarray, index: int, label: int | None) -> bytes:
+    """One sample's PNG, with its provenance in text chunks when the job asks for it (service.encoding)."""
+    if not identity.png_provenance:
+        return encoding.png_bytes(image)
+    name = identity.class_names[label] if label is not None else None
+    text = encoding.sample_provenance(
+        identity.model, identity.version, identity.onnx_sha256, index, identity.seed, label, name
+    )
+    return encoding.png_bytes(image, text)
+
+
+def sample_json(identity: Identity, index: int, label: int | None) -> bytes:
+    record: dict[str, Any] = {
+        "index": index, "seed": identity.seed, "model": identity.model, "version": identity.version,
+        "onnx_sha256": identity.onnx_sha256, "truncation": identity.truncation,
+    }  # fmt: skip
+    if label is not None:
+        record |= {"label": label, "class_name": identity.class_names[label]}
+    return json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+
+
+def webdataset_shard(
+    identity: Identity, indices: list[int], labels: list[int | None], items: list[bytes]
+) -> bytes:
+    """KEY.png (KEY.npy for vectors), KEY.cls (conditional models), KEY.json, sample after sample."""
+    ext = "png" if identity.kind == "image" else "npy"
+    members: list[tuple[str, bytes]] = []
+    for index, label, item in zip(indices, labels, items, strict=True):
+        key = sample_key(index)
+        members.append((f"{key}.{ext}", item))
+        if label is not None:
+            members.append((f"{key}.cls", str(label).encode()))
+        members.append((f"{key}.json", sample_json(identity, index, label)))
+    return tar_bytes(members)
+
+
+def tar_bytes(members: Iterable[tuple[str, bytes]]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def parquet_shard(
+    identity: Identity, indices: list[int], labels: list[int | None], items: list[bytes], values: np.ndarray
+) -> bytes:
+    """Columns image (PNG bytes; x, float32 lists, for vector models), label and class_name (conditional models),
+    seed, index: one row group."""
+    import pyarrow as pa  # the service needs it only when it writes parquet
+    import pyarrow.parquet as pq
+
+    columns: dict[str, Any] = {}
+    if identity.kind == "image":
+        columns["image"] = pa.array(items, type=pa.binary())
+    else:
+        flat = pa.array(values.reshape(-1), type=pa.float32())
+        columns["x"] = pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
+    if identity.class_names:
+        columns["label"] = pa.array(labels, type=pa.int64())
+        columns["class_name"] = pa.array([identity.class_names[y] for y in labels if y is not None])
+    columns["seed"] = pa.array([identity.seed] * len(indices), type=pa.int64())
+    columns["index"] = pa.array(indices, type=pa.int64())
+    sink = pa.BufferOutputStream()
+    pq.write_table(
+        pa.table(columns), sink, row_group_size=max(1, len(indices)), compression="snappy",
+        use_dictionary=False, write_statistics=True, version="2.6", data_page_version="1.0",
+    )  # fmt: skip
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def npz_shard(identity: Identity, plan: Plan, values: np.ndarray) -> bytes:
+    """x, seed, index, and y and class_names for conditional models: /augment's npz arrays, dtypes and names."""
+    arrays = {
+        "x": values,
+        "seed": np.array(identity.seed, dtype=np.uint64),
+        "index": np.array(plan.indices, dtype=np.int64),
+    }
+    if plan.labels is not None:
+        arrays |= {"y": plan.labels.astype(np.int64), "class_names": np.array(identity.class_names)}
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=ZIP_DATE)
+            info.external_attr = 0o644 << 16
+            with archive.open(info, "w") as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def estimated_row_bytes(manifest: Manifest, fmt: str, png_provenance: bool) -> int:
+    """About how many bytes one row takes in a shard (the disk budget's check before a job starts)."""
+    values = int(np.prod(manifest.output_shape))
+    if manifest.kind == "image":
+        height = manifest.output_shape[1] if len(manifest.output_shape) == 3 else 1
+        item = values + height + 128 + (1024 if png_provenance else 0)  # PNG: pixels, filter bytes, chunks
+        raw = values
+    else:
+        item = raw = 4 * values + 128  # .npy of float32
+    if fmt == "webdataset":
+        return item + 3 * 512 + 3 * 256 + 256  # three members: headers, padding, the JSON
+    return (raw if fmt == "npz" else item) + 32
+
+
+def write_shard(path: Path, data: bytes) -> None:
+    """Temporary file in the same folder, fsync, rename, fsync the folder: the shard is whole or absent."""
+    atomic_write_bytes(path, data)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def remove_partial(folder: Path) -> None:
+    """Temporary files a killed writer left behind (never listed: a shard is listed once renamed)."""
+    for tmp in folder.glob(".shard-*.tmp"):
+        tmp.unlink(missing_ok=True)
