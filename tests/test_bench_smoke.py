@@ -156,3 +156,19 @@ def test_png_provenance_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFi
         assert min(r["without_wall_us"], r["with_wall_us"], r["cpu_ratio"], r["wall_ratio"]) > 0
     assert all(r["with_bytes"] > r["without_bytes"] for r in report["encoding"])
     assert "CPU ratio" in capsys.readouterr().out
+
+
+def test_datasets_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.datasets import main as datasets
+
+    out = tmp_path / "datasets.json"
+    args = ["--model", "mnist-gan", "--rows", "64", "--shard-rows", "32", "--formats", "npz", "webdataset",
+            "--duration", "0.3", "--repeats", "1", "--raw-seconds", "0.05", "--max-requests", "20", "--json", str(out)]  # fmt: skip
+    assert datasets(args) == 0
+    report = json.loads(out.read_text())
+    assert report["raw_ort_rows_per_s"] > 0 and report["raw_ort_rows_per_s_at_job_nice"] > 0
+    assert [j["format"] for j in report["jobs"]] == ["npz", "webdataset"]
+    assert all(j["rows"] == 64 and j["shards"] == 2 and j["ratio_to_raw"] > 0 for j in report["jobs"])
+    latency = report["latency"]
+    assert latency["idle"][0]["ok"] > 0 and latency["during_job"][0]["ok"] > 0 and latency["p99_ratio"] > 0
+    assert "x raw" in capsys.readouterr().out

@@ -95,9 +95,11 @@ def metadata(args: argparse.Namespace) -> int:
     spec = read_spec(args.spec)
     manifest, _ = load(spec, args.model_dir or Settings().model_dir)
     plan = RowPlan.of(spec, manifest)
-    missing = [k for k in range(plan.shards) if not (args.out / shard_name(k, spec.format)).is_file()]
-    if missing:
-        raise SystemExit(f"{len(missing)} of {plan.shards} shards are not written yet: {missing[:10]}")
+    deadline = time.monotonic() + args.wait
+    while missing := [k for k in range(plan.shards) if not (args.out / shard_name(k, spec.format)).is_file()]:
+        if time.monotonic() >= deadline:
+            raise SystemExit(f"{len(missing)} of {plan.shards} shards are not written yet: {missing[:10]}")
+        time.sleep(min(10.0, max(0.0, deadline - time.monotonic())))
     shards = []
     for k in range(plan.shards):
         data = (args.out / shard_name(k, spec.format)).read_bytes()
@@ -142,6 +144,9 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--out", type=Path, required=True, help="the folder holding every shard")
     m.add_argument("--model-dir", type=Path, default=None)
     m.add_argument("--base-url", default="", help="where the shards will be served (default: relative names)")
+    m.add_argument(
+        "--wait", type=float, default=0.0, help="wait up to this many seconds for the shards to appear"
+    )
     return root
 
 
