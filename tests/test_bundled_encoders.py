@@ -14,6 +14,7 @@ from service.manifest import check_signature, load_manifest
 from service.settings import BUNDLED_MODELS
 from training.edit_eval import measure
 from training.export import graph_signature
+from training.perceptual_store import SHIPPED, base_data
 
 WITH_ENCODER = sorted(
     p.parent for p in BUNDLED_MODELS.glob("*/*/manifest.json") if load_manifest(p).encoder is not None
@@ -52,3 +53,19 @@ def test_metrics_are_reproducible_on_a_quick_sample(path: Path) -> None:
     for name in ("label_preservation", "edit_success", "direction_success"):
         if name in recorded.metrics:
             assert quick[name] == pytest.approx(recorded.metrics[name], abs=0.08), name
+
+
+@pytest.mark.parametrize("path", WITH_ENCODER, ids=IDS)
+def test_the_projector_has_its_encoders_perceptual_net_on_a_clean_clone(path: Path) -> None:
+    """The run directories are not committed: the perceptual net each encoder trained against is shipped, and
+    the projector finds it when the recorded run directory is gone."""
+    from training.onnx_generator import load_exported
+    from training.project import perceptual_for
+
+    model = load_exported(path.parent.parent, path.parent.name, int(path.name))
+    assert model.manifest.encoder is not None
+    recorded = model.manifest.encoder.training["perceptual_val_accuracy"]
+    net = perceptual_for(model, run_dir=path / "no-such-run")
+    assert net is not None
+    with np.load(SHIPPED / f"{base_data(model.manifest.training.data)}.npz") as shipped:
+        assert round(float(shipped["val_accuracy"]), 4) == recorded

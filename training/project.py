@@ -55,15 +55,17 @@ def project(
 
 
 def perceptual_for(model: ExportedModel, run_dir: Path | None) -> PerceptualNet | None:
-    """The encoder run's perceptual net (its run dir from the argument or the manifest's record), if present."""
+    """The encoder run's perceptual net (its run dir from the argument or the manifest's record) if present,
+    else the one shipped for the model's data (training/perceptual_store.py), else None (pixels only)."""
     from training.encoder import PERCEPTUAL_FILE, load_perceptual
+    from training.perceptual_store import load_shipped
 
     encoder = model.manifest.encoder
     recorded = encoder.training.get("run_dir") if encoder else None
     for candidate in (run_dir, Path(recorded) if recorded else None):
         if candidate is not None and (candidate / PERCEPTUAL_FILE).is_file():
             return load_perceptual(candidate)
-    return None
+    return load_shipped(model.manifest.training.data)
 
 
 def project_metrics(
