@@ -10,7 +10,9 @@ folder); `PLAYGROUND_SCREENSHOTS=docs .venv/bin/pytest tests/test_playground.py`
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
+import json
 import os
 import re
 import socket
@@ -107,6 +109,13 @@ def watch(browser: Browser, shots: Path) -> Iterator[Watch]:
     yield session
     session.context.close()
     session.check()
+
+
+@pytest.fixture(scope="module")
+def bundled_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """conftest's shared `python -m service`, with its dataset jobs under a temporary GAN_DATA_DIR."""
+    with running_service({"GAN_DATA_DIR": str(tmp_path_factory.mktemp("data"))}) as (url, _):
+        yield url
 
 
 def opened(watch: Watch, url: str) -> Page:
@@ -310,6 +319,111 @@ def test_a_synthetic_page_downloads_and_the_jobs_panel_follows_the_schema(
         page.unroute("**/openapi.json")
 
 
+def job_started(page: Page) -> dict[str, Any]:
+    """Clicks "Start job": the 202 answer's job, and the request's body."""
+    with page.expect_response(
+        lambda r: r.url.endswith("/datasets") and r.request.method == "POST"
+    ) as created:
+        page.click("#ds-start")
+    assert created.value.status == 202, created.value.text()
+    return created.value.json() | {"body": created.value.request.post_data_json}
+
+
+def test_a_dataset_job_runs_from_the_page_and_its_shards_download(watch: Watch, bundled_service: str) -> None:
+    url = bundled_service
+    page = opened(watch, url)
+    page.wait_for_selector("#jobs[data-state=ready]:not([hidden]) #ds-empty:not([hidden])")
+    assert "fashion-cgan v4 · seed 7 · truncation off · every class" in page.inner_text("#ds-from")
+    # Three shards of ten rows: 3 rows of every class of fashion-cgan, as npz.
+    page.fill("#ds-rows", "3")
+    page.fill("#ds-shard-rows", "10")
+    page.select_option("#ds-format", "npz")
+    job = job_started(page)
+    fashion = next(m for m in httpx.get(f"{url}/models").json()["models"] if m["name"] == "fashion-cgan")
+    classes = next(v for v in fashion["versions"] if v["version"] == 4)["manifest"]["class_names"]
+    assert job["body"] == {
+        "model": "fashion-cgan", "version": 4, "seed": 7, "per_class": dict.fromkeys(classes, 3),
+        "shard_rows": 10, "format": "npz",
+    }  # fmt: skip
+    done = f"#ds-job[data-id='{job['id']}'][data-state=done]"
+    page.wait_for_selector(done)
+    assert page.inner_text("#ds-state") == "done" and page.inner_text("#ds-percent") == "100 %"
+    assert page.eval_on_selector("#ds-progress", "p => [p.value, p.max]") == [30, 30]
+    assert "30 / 30 rows · 3 / 3 shards" in page.inner_text("#ds-facts")
+    page.wait_for_selector("#jobs[data-polling=off]", state="attached")  # the job ended: no timer left
+    status = httpx.get(f"{url}/datasets/{job['id']}").json()
+    assert status["state"] == "done" and [s["k"] for s in status["shards"]] == [0, 1, 2]
+    assert page.locator("#ds-shards li").count() == 3
+    # A shard from the page: its bytes are the ones the API lists and sends, and checked in the page too.
+    with page.expect_download() as download:
+        page.click("#ds-shards li:nth-child(2) a")
+    page.wait_for_selector("#ds-download[data-state=ready]")
+    data = Path(download.value.path()).read_bytes()
+    shard = httpx.get(f"{url}/datasets/{job['id']}/shards/1")
+    assert hashlib.sha256(data).hexdigest() == shard.headers["x-sha256"] == status["shards"][1]["sha256"]
+    assert data == shard.content and download.value.suggested_filename == "shard-00001.npz"
+    note = page.inner_text("#ds-download")
+    assert f"sha256 {status['shards'][1]['sha256']} matches X-Sha256 and the job's listing" in note, note
+    with np.load(download.value.path()) as rows:
+        assert rows["x"].shape == (10, 28, 28, 1) and rows["index"].tolist() == list(range(10, 20))
+    # The Croissant metadata, and the job in the list.
+    with page.expect_download() as metadata:
+        page.click("#ds-meta")
+    croissant = json.loads(Path(metadata.value.path()).read_text())
+    sums = {d.get("sha256") for d in croissant["distribution"]}
+    assert {s["sha256"] for s in status["shards"]} <= sums, sums
+    row = page.locator(f"#ds-list tr[data-id='{job['id']}']")
+    assert (
+        row.locator("td").nth(3).inner_text() == "done" and row.locator("td").nth(4).inner_text() == "30 / 30"
+    )
+    watch.shot(page.locator("#jobs"), "datasets")
+
+    # A long job, cancelled from the list (deleted, should it have ended first); polling pauses off screen.
+    page.select_option("#ds-class", "Bag")
+    page.fill("#ds-rows", "100000")
+    page.fill("#ds-shard-rows", "500")
+    page.select_option("#ds-format", "webdataset")
+    long = job_started(page)
+    assert long["body"]["per_class"] == {"Bag": 100000} and long["body"]["format"] == "webdataset"
+    page.wait_for_selector(f"#ds-list tr[data-id='{long['id']}']")
+    page.evaluate("window.scrollTo(0, 0)")
+    page.wait_for_selector("#jobs:not([data-polling=on])", state="attached")
+    page.locator("#ds-job").scroll_into_view_if_needed()
+    stop = page.locator(f"#ds-list tr[data-id='{long['id']}'] button").nth(1)
+    assert stop.inner_text() in ("Cancel", "Delete")
+    stop.click()
+    page.wait_for_selector(
+        f"#ds-status:has-text('deleted job {long['id']}'), #ds-status:has-text('Deleted job {long['id']}')"
+    )
+    page.wait_for_selector("#ds-list[data-state=ready]", state="attached")
+    assert page.locator(f"#ds-list tr[data-id='{long['id']}']").count() == 0
+    assert page.is_hidden("#ds-job") and page.get_attribute("#jobs", "data-polling") == "off"
+    assert httpx.get(f"{url}/datasets/{long['id']}").status_code == 404
+    page.click(f"#ds-list tr[data-id='{job['id']}'] button:has-text('Delete')")
+    page.wait_for_selector("#ds-empty:not([hidden])")
+    assert "Deleted job" in page.inner_text("#ds-status") and httpx.get(f"{url}/datasets").json() == {
+        "datasets": []
+    }
+
+    # Too large a set: the API's 422, naming the field and the limit.
+    watch.allow(422)
+    page.select_option("#ds-class", "")
+    page.fill("#ds-rows", "200000")
+    page.click("#ds-start")
+    page.wait_for_selector("#errors p:has-text('/datasets')")
+    assert page.inner_text("#errors") == (
+        "POST /datasets → 422: per_class: the set would have 2000000 rows; at most 1000000 (GAN_MAX_DATASET_ROWS)"
+    )
+    assert page.get_attribute("#ds-rows", "aria-invalid") == "true"
+    # An unconditional model's plan is n.
+    page.select_option("#model", "grid25")
+    page.wait_for_selector("#ds-rows-label:has-text('Rows in the set')")
+    page.fill("#ds-rows", "2000000")
+    page.click("#ds-start")
+    page.wait_for_selector("#errors p:has-text('/datasets')")
+    assert "422: n: the set would have 2000000 rows" in page.inner_text("#errors")
+
+
 def test_api_errors_are_shown_as_the_api_words_them(watch: Watch, bundled_service: str) -> None:
     page = opened(watch, bundled_service)
     watch.allow(422)
@@ -331,8 +445,8 @@ def test_api_errors_are_shown_as_the_api_words_them(watch: Watch, bundled_servic
     assert page.get_attribute("#steps", "aria-invalid") == "true"
 
 
-def test_a_wrong_api_key_is_refused_in_words_and_the_right_one_is_sent(watch: Watch) -> None:
-    with running_service({"GAN_API_KEY": KEY}) as (url, _):
+def test_a_wrong_api_key_is_refused_in_words_and_the_right_one_is_sent(watch: Watch, tmp_path: Path) -> None:
+    with running_service({"GAN_API_KEY": KEY, "GAN_DATA_DIR": str(tmp_path)}) as (url, _):
         watch.allow(401)
         page = watch.page
         sent: list[str | None] = []
@@ -354,6 +468,16 @@ def test_a_wrong_api_key_is_refused_in_words_and_the_right_one_is_sent(watch: Wa
         page.press("#api-key", "Enter")
         page.wait_for_selector("#grid[data-state=ready] .tile img")
         assert sent[-1] == f"Bearer {KEY}" and page.inner_text("#errors") == ""
+        # A dataset job with the key: started, watched and its shard downloaded (a plain link would get 401).
+        page.wait_for_selector("#jobs[data-state=ready]:not([hidden])")
+        page.select_option("#ds-class", "Bag")
+        page.fill("#ds-rows", "2")
+        job = job_started(page)
+        page.wait_for_selector(f"#ds-job[data-id='{job['id']}'][data-state=done] #ds-shards a")
+        with page.expect_download() as download:
+            page.click("#ds-shards a")
+        shard = httpx.get(f"{url}/datasets/{job['id']}/shards/0", headers={"X-API-Key": KEY})
+        assert Path(download.value.path()).read_bytes() == shard.content and shard.headers["x-sha256"]
         stored = page.evaluate("[sessionStorage.length, localStorage.length, document.cookie]")
         assert stored == [1, 0, ""]  # session storage only
         page.reload()  # the same tab keeps it

@@ -72,9 +72,16 @@ const FIELDS = {
   steps: "steps", images: "edit-file", limit: "aug-limit", offset: "aug-offset", per_class: "aug-rows",
 };
 
-function inputFor(field) {
+// The dataset-jobs form names the same fields for its own inputs.
+const JOB_FIELDS = {
+  seed: "seed", truncation: "truncation", authorization: "api-key", model: "model", version: "version",
+  per_class: "ds-rows", n: "ds-rows", shard_rows: "ds-shard-rows", format: "ds-format",
+};
+
+function inputFor(field, what) {
   if (!field) return null;
-  const id = FIELDS[field] ?? FIELDS[field.split(".")[0]] ?? FIELDS[field.replace(/\[\d+\]/, "")];
+  const fields = / \/datasets$/.test(what) ? JOB_FIELDS : FIELDS;
+  const id = fields[field] ?? fields[field.split(".")[0]] ?? fields[field.replace(/\[\d+\]/, "")];
   return id ? document.getElementById(id) : null;
 }
 
@@ -97,7 +104,7 @@ export function showError(error) {
       line.append(field);
     }
     line.append(error.detail);
-    const input = inputFor(error.field);
+    const input = inputFor(error.field, error.what);
     if (input) input.setAttribute("aria-invalid", "true");
   } else {
     line.textContent = `${error}`;

@@ -4,6 +4,7 @@ import { apiKey, clearErrors, guarded, json, setApiKey } from "./api.js";
 import * as data from "./data.js";
 import * as edit from "./edit.js";
 import * as interp from "./interp.js";
+import * as jobs from "./jobs.js";
 import { nearest, showPoints } from "./scatter.js";
 import { $, fillClasses, number } from "./form.js";
 import { showDetail, tilesOf } from "./tiles.js";
@@ -89,6 +90,7 @@ async function chosen() {
   if (!vector && number("n") > 64) $("n").value = "16";
   edit.setup(current());
   data.setup(current());
+  jobs.setup(current());
   await generate();
   await interp.setup(current()); // after the samples: a 2-D path is drawn over their plot
 }
@@ -126,7 +128,7 @@ async function loadModels() {
   models = answer.models.filter((m) => m.versions.length);
   $("model").replaceChildren(...models.map((m) => new Option(m.name, m.name)));
   fillVersions();
-  data.probe();
+  jobs.probe();
   await chosen();
 }
 
@@ -149,6 +151,7 @@ function init() {
   interp.init();
   edit.init();
   data.init();
+  jobs.init();
   loadModels();
 }
 

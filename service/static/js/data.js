@@ -1,8 +1,8 @@
-// Synthetic data sets: a page of /augment's labelled set as .npz, from the current seed and truncation.
-// The dataset-jobs panel appears only when the server's OpenAPI schema has a /datasets path.
+// Synthetic data sets: a page of /augment's labelled set as .npz, from the current seed and truncation
+// (whole sets written on the server in shards are jobs.js's).
 
-import { call, clearErrors, guarded, json } from "./api.js";
-import { $, number } from "./form.js";
+import { call, clearErrors, guarded } from "./api.js";
+import { $, number, save } from "./form.js";
 
 let model = null;
 
@@ -16,16 +16,6 @@ function augmentBody() {
   if (names.length) body.per_class = Object.fromEntries(names.map((n) => [n, rows]));
   else body.n = rows;
   return body;
-}
-
-function save(blob, name) {
-  const a = document.createElement("a");
-  a.href = URL.createObjectURL(blob);
-  a.download = name;
-  document.body.append(a);
-  a.click();
-  a.remove();
-  setTimeout(() => URL.revokeObjectURL(a.href), 60_000);
 }
 
 async function augment() {
@@ -53,14 +43,6 @@ export function setup(chosen) {
   const conditional = (chosen.manifest?.class_names ?? []).length > 0;
   $("aug-rows-label").textContent = conditional ? "Rows per class" : "Rows in the set";
   $("augment").textContent = `Download page (.npz)`;
-}
-
-// Shows the dataset-jobs panel if the server has /datasets (its schema lists it).
-export async function probe() {
-  $("jobs").dataset.state = "loading";
-  const schema = await guarded("reading the API schema", () => json("GET", "/openapi.json"));
-  $("jobs").hidden = !schema || !Object.keys(schema.paths).some((p) => p === "/datasets" || p.startsWith("/datasets/"));
-  $("jobs").dataset.state = "ready";
 }
 
 export function init() {

@@ -1,4 +1,4 @@
-// Small helpers for the form controls every panel uses.
+// Small helpers for the form controls every panel uses, and saving a download.
 
 export const $ = (id) => document.getElementById(id);
 
@@ -14,4 +14,15 @@ export function fillClasses(select, names, cycle) {
   select.replaceChildren(
     ...[...options, ...names.map((n) => [n, n])].map(([value, text]) => new Option(text, value)),
   );
+}
+
+// Saves `blob` as a download named `name` (the browser's own download, from an object URL).
+export function save(blob, name) {
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(blob);
+  a.download = name;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(a.href), 60_000);
 }
