@@ -59,10 +59,12 @@ def test_schemathesis_fuzzes_every_endpoint_of_a_real_server(tmp_path: Path) -> 
         result = subprocess.run(
             [sys.executable, "-m", "schemathesis.cli", "run", str(tmp_path / "openapi.json"), "--url", url,
              "--checks", "all", "--exclude-checks", "positive_data_acceptance", "--max-examples", "150",
-             "--seed", "20261122", "--workers", "2", "--no-color", "--generation-database", "none",
+             "--seed", "20261122", "--workers", "1", "--no-color", "--generation-database", "none",
              "--request-timeout", "30", "-H", f"X-API-Key: {admin}", "--report", "json", "--report-json-path", str(report)],
             cwd=tmp_path, capture_output=True, text=True, timeout=540,
-        )  # fmt: skip
+        )  # fmt: skip  # one worker: hypothesis parses its filters' lambdas with ast.parse, which CPython 3.11.7
+        # does not make thread-safe; with two workers the coverage phase hit "SystemError: AST constructor recursion
+        # depth mismatch" in 2 runs of 2 once the dataset routes were added
         alive = process.poll() is None and httpx.get(f"{url}/healthz").status_code == 200
         rss_after = psutil.Process(process.pid).memory_info().rss
     summary = json.loads(report.read_text())

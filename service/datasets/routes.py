@@ -8,7 +8,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
+from starlette.types import Receive, Scope, Send
 
 from service.datasets.croissant import CONFORMS_TO, describe
 from service.datasets.runner import DatasetJobs, software
@@ -20,7 +23,20 @@ from service.routes import error_responses, model_label
 from service.schemas import ErrorResponse
 from service.state import AppState
 
-router = APIRouter(responses=error_responses(401, 503), tags=["datasets"])
+
+class SharedPathRoute(APIRoute):
+    """A route whose 405 names every method of its path, not only its own: GET and POST share /datasets, GET and
+    DELETE /datasets/{id}, and Starlette answers with the first route whose path matches."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.methods and scope["method"] not in self.methods:
+            routes = [r for r in router.routes if isinstance(r, APIRoute) and r.path == self.path]
+            methods = {m for r in routes for m in r.methods or ()}
+            raise HTTPException(405, headers={"Allow": ", ".join(sorted(methods))})
+        await super().handle(scope, receive, send)
+
+
+router = APIRouter(responses=error_responses(401, 503), tags=["datasets"], route_class=SharedPathRoute)
 WHAT = {
     404: "no such job (or model, or shard not written yet)",
     409: "the job is not done: its metadata describes the finished set",
@@ -161,11 +177,12 @@ async def get_shard(id: JobId, k: Annotated[int, Path(ge=0, le=1 << 40)], jobs: 
             404, f"shard {k} of job {id} is not written (yet): {job.shards} shards, state {job.state}", "k"
         )
     name = shard_name(k, job.spec["format"])
+    path = jobs.folder(id) / name
+    if not path.is_file():  # removed meanwhile (a delete, the retention)
+        raise ApiError(404, f"shard {k} of job {id} is gone", "k")
     headers = {"X-Sha256": shard.sha256, "ETag": f'"{shard.sha256}"', "X-Sample-Start": str(shard.start),
                "X-Sample-Count": str(shard.rows)}  # fmt: skip
-    return FileResponse(
-        jobs.folder(id) / name, media_type=MEDIA_TYPES[job.spec["format"]], headers=headers, filename=name
-    )
+    return FileResponse(path, media_type=MEDIA_TYPES[job.spec["format"]], headers=headers, filename=name)
 
 
 METADATA_200: dict[int | str, dict[str, Any]] = {

@@ -3,7 +3,8 @@ unfinished ones), its rows through the model's batcher in the background lane, i
 
 A job holds the model version it was created on for its whole life (Repository.holding), so a hot swap never
 closes it underneath; its version and ONNX sha256 are recorded, and a resumed job refuses any other graph.
-CPU work of a job (latents, encoding, writing) runs on a thread of its own at the lowest priority.
+A job's CPU work (latents, encoding) runs in worker processes at the lowest priority: mostly Python, it would
+hold the GIL against the event loop in a thread.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import errno
-import hashlib
 import importlib.metadata
 import logging
 import math
@@ -19,17 +19,14 @@ import secrets
 import shutil
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from service.batcher import BatchFailed, Draining, lower_priority
+from service.batcher import BatchFailed, Draining
 from service.datasets.limits import check_disk, check_running, check_size
-from service.datasets.shards import Identity, encode_shard, remove_partial, shard_name, write_shard
+from service.datasets.shards import Identity, encode_and_hash, remove_partial, shard_name, write_shard
 from service.datasets.spec import DatasetRequest, JobSpec, RowPlan
 from service.datasets.store import DB_FILE, Job, Shard, Store
+from service.datasets.workers import WorkerFailed, Workers
 from service.errors import ApiError
 from service.plans import chosen_seed
 from service.repository import ModelNotFound, ModelUnavailable
@@ -37,7 +34,7 @@ from service.state import AppState
 from service.versions import ReadyModel
 
 log = logging.getLogger("service.datasets")
-PIPELINE = 2  # shards in the batcher at once: the next one is queued while the last one is encoded
+DEPTH = 3  # shards in the making at once: latents, generator and encoding of the next ones overlap the writes
 
 
 class JobFailed(Exception):
@@ -58,6 +55,7 @@ class DatasetJobs:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.runs: dict[str, tuple[float, int]] = {}  # job -> (when this run started, rows done then)
         self.sweeper: asyncio.Task[None] | None = None
+        self.pool: Workers | None = None
 
     @property
     def root(self) -> Path:
@@ -100,6 +98,9 @@ class DatasetJobs:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.pool is not None:
+            await self.pool.close()
+            self.pool = None
         if self.store is not None:
             self.store.close()
             self.store = None
@@ -177,7 +178,10 @@ class DatasetJobs:
     async def sweep_forever(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            await self.sweep()
+            try:
+                await self.sweep()
+            except Exception:  # a failed removal is retried at the next sweep; the sweeper goes on
+                log.exception("dataset retention sweep failed")
 
     # --- running -------------------------------------------------------------------------------------------
 
@@ -202,7 +206,7 @@ class DatasetJobs:
                 await self.write(job, JobSpec.model_validate(job.spec), model)
             except (ModelNotFound, ModelUnavailable) as error:
                 self.fail(job, f"model {job.model} version {job.version} does not serve: {error}")
-            except (JobFailed, BatchFailed) as error:
+            except (JobFailed, BatchFailed, WorkerFailed) as error:
                 self.fail(job, str(error))
             except Draining:
                 log.info("dataset job %s: stopped by the drain; it resumes at the next start", job.id)
@@ -220,13 +224,10 @@ class DatasetJobs:
         self.store.finish(job.id, "failed", reason)
 
     async def write(self, job: Job, spec: JobSpec, model: ReadyModel) -> None:
-        """Every shard not yet listed, in order, PIPELINE of them in the batcher at once."""
+        """Every shard not yet listed, written in order; up to DEPTH shards are in the making meanwhile."""
         assert self.store is not None
-        plan, identity, folder = (
-            RowPlan.of(spec, model.manifest),
-            Identity.of(spec, model.manifest),
-            self.folder(job.id),
-        )
+        plan, identity = RowPlan.of(spec, model.manifest), Identity.of(spec, model.manifest)
+        folder = self.folder(job.id)
         await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
         await asyncio.to_thread(remove_partial, folder)
         for shard in self.store.shards(job.id):  # a listed shard whose file is not whole is written again
@@ -234,59 +235,78 @@ class DatasetJobs:
             if not path.is_file() or path.stat().st_size != shard.bytes:
                 self.store.drop_shard(job.id, shard.k)
         listed = {s.k for s in self.store.shards(job.id)}
-        todo = [k for k in range(plan.shards) if k not in listed]
+        todo = iter([k for k in range(plan.shards) if k not in listed])
         self.runs[job.id] = (time.monotonic(), sum(s.rows for s in self.store.shards(job.id)))
-        loop = asyncio.get_running_loop()
-        executor = ThreadPoolExecutor(
-            1, f"dataset-{job.id}", initializer=lower_priority, initargs=(self.settings.dataset_nice,)
-        )
-        pending: deque[tuple[int, Any, asyncio.Future[np.ndarray]]] = deque()
+        making: deque[tuple[int, asyncio.Task[tuple[bytes, str]]]] = deque()
+
+        def start_next() -> None:
+            k = next(todo, None)
+            if k is not None:
+                making.append((k, asyncio.ensure_future(self.make_shard(plan, identity, k, model))))
+
         mark = time.monotonic()
         try:
-            for k in todo:
-                rows = await loop.run_in_executor(executor, plan.shard_plan, k)
-                future = model.batcher.enqueue(rows.feeds, rows.rows, math.inf, background=True)
-                pending.append((k, rows, future))
-                if len(pending) >= PIPELINE:
-                    mark = await self.finish_shard(
-                        job, plan, identity, executor, mark, *pending.popleft(), model
-                    )
-            while pending:
-                mark = await self.finish_shard(job, plan, identity, executor, mark, *pending.popleft(), model)
+            for _ in range(DEPTH):
+                start_next()
+            while making:
+                k, task = making.popleft()
+                data, digest = await task
+                start_next()
+                mark = await self.commit_shard(job, plan, k, data, digest, mark, model)
             self.store.finish(job.id, "done", active_s=time.monotonic() - mark)
             log.info("dataset job %s: done, %d rows in %d shards", job.id, job.total_rows, job.shards)
         finally:
-            for _, _, future in pending:
-                future.cancel()
-            # A write in progress completes (atomically) before the job's files may be removed.
-            await asyncio.to_thread(executor.shutdown, True)
+            for _, task in making:
+                task.cancel()
+            await asyncio.gather(*(task for _, task in making), return_exceptions=True)
 
-    async def finish_shard(
-        self, job: Job, plan: RowPlan, identity: Identity, executor: ThreadPoolExecutor, mark: float,
-        k: int, rows: Any, future: asyncio.Future[np.ndarray], model: ReadyModel,
-    ) -> float:  # fmt: skip
-        """Encode shard k once computed, check the budget, write it atomically, then list it."""
+    async def make_shard(
+        self, plan: RowPlan, identity: Identity, k: int, model: ReadyModel
+    ) -> tuple[bytes, str]:
+        """Shard k's bytes and sha256: latents (a worker process), the generator (the background lane), encoding
+        (a worker process)."""
+        workers = self.workers()
+        rows = await workers.call(plan.shard_plan, k)
+        future = model.batcher.enqueue(rows.feeds, rows.rows, math.inf, background=True)
+        try:
+            x = await future
+        finally:
+            future.cancel()  # a no-op once computed; drops the rows of a cancelled job
+        return await workers.call(encode_and_hash, plan.spec.format, identity, rows, x)
+
+    async def commit_shard(
+        self, job: Job, plan: RowPlan, k: int, data: bytes, digest: str, mark: float, model: ReadyModel
+    ) -> float:
+        """Check the budget, write shard k atomically, then list it; returns when it was listed."""
         assert self.store is not None
-        x = await future
-        loop, fmt = asyncio.get_running_loop(), plan.spec.format
-        data, digest = await loop.run_in_executor(executor, encoded, fmt, identity, rows, x)
         budget, written = self.settings.dataset_disk_bytes, self.store.bytes_written()
         if written + len(data) > budget:
             raise JobFailed(
                 f"disk budget exceeded: shard {k} ({len(data)} bytes) would bring the shards to "
-                f"{written + len(data)} bytes, over GAN_DATASET_DISK_BYTES = {budget}; shards 0 .. {k - 1} are kept"
+                f"{written + len(data)} bytes, over GAN_DATASET_DISK_BYTES = {budget}; the shards before it are kept"
             )
-        path = self.folder(job.id) / shard_name(k, fmt)
+        path = self.folder(job.id) / shard_name(k, plan.spec.format)
+        write = asyncio.ensure_future(asyncio.to_thread(write_shard, path, data))
         try:
-            await loop.run_in_executor(executor, write_shard, path, data)
+            await asyncio.shield(write)
         except OSError as error:
             full = error.errno in (errno.ENOSPC, errno.EDQUOT)
             raise JobFailed(f"{'disk full: ' if full else ''}writing shard {k} failed: {error}") from None
+        except asyncio.CancelledError:  # the write ends (atomically) before the job's files may be removed
+            await asyncio.gather(write, return_exceptions=True)
+            raise
         start, stop = plan.shard_range(k)
         now = time.monotonic()
         self.store.add_shard(job.id, Shard(k, start, stop, len(data), digest, time.time()), now - mark)
         self.state.metrics.samples.labels(model.name).inc(stop - start)
         return now
+
+    def workers(self) -> Workers:
+        """Two worker processes per job that may run (one shard's latents beside another's encoding), at
+        GAN_DATASET_NICE, started on first use (service.datasets.workers)."""
+        if self.pool is None:
+            self.pool = Workers(2 * self.settings.max_dataset_jobs, self.settings.dataset_nice)
+        return self.pool
 
 
 def resolved(body: DatasetRequest, model: ReadyModel, png_provenance: bool) -> JobSpec:
@@ -294,8 +314,3 @@ def resolved(body: DatasetRequest, model: ReadyModel, png_provenance: bool) -> J
     fields = body.model_dump() | {"seed": chosen_seed(body.seed), "version": model.version}
     fields["png_provenance"] = png_provenance if body.png_provenance is None else body.png_provenance
     return JobSpec.model_validate(fields)
-
-
-def encoded(fmt: Any, identity: Identity, rows: Any, x: np.ndarray) -> tuple[bytes, str]:
-    data = encode_shard(fmt, identity, rows, x)
-    return data, hashlib.sha256(data).hexdigest()

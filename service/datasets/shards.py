@@ -8,6 +8,7 @@ TarWriter stamps the current time); parquet: pyarrow with its settings fixed her
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -83,6 +84,12 @@ def encode_shard(fmt: Format, identity: Identity, plan: Plan, x: np.ndarray) -> 
     if fmt == "webdataset":
         return webdataset_shard(identity, plan.indices, labels, items)
     return parquet_shard(identity, plan.indices, labels, items, values)
+
+
+def encode_and_hash(fmt: Format, identity: Identity, plan: Plan, x: np.ndarray) -> tuple[bytes, str]:
+    """The shard's bytes and their sha256 (what a job's worker process returns)."""
+    data = encode_shard(fmt, identity, plan, x)
+    return data, hashlib.sha256(data).hexdigest()
 
 
 def png(identity: Identity, image: np.ndarray, index: int, label: int | None) -> bytes:

@@ -116,10 +116,6 @@ class Store:
         rows = self.db.execute("SELECT * FROM shards WHERE job_id = ? ORDER BY k", (job_id,))
         return [Shard(r["k"], r["start"], r["stop"], r["bytes"], r["sha256"], r["written_at"]) for r in rows]
 
-    def shard(self, job_id: str, k: int) -> Shard | None:
-        found = [s for s in self.shards(job_id) if s.k == k]
-        return found[0] if found else None
-
     def add_shard(self, job_id: str, shard: Shard, active_s: float) -> None:
         """The shard is on disk, complete: list it, and count the time spent since the last one."""
         with self.db:
