@@ -8,7 +8,8 @@ free to take it: under load it holds everything that arrived during the previous
 
 A second, background lane (`enqueue(..., background=True)`: dataset jobs) only fills idle capacity. Its rows
 wait in their own queue, which is drawn from only while no interactive row waits; its batches run on runners
-of their own (`background_runners`, default `runners`), on threads at the lowest CPU priority (nice 19), so an
+of their own (`background_runners`, default `runners`), on threads at the lowest CPU priority (nice 19), in
+batches of up to `background_batch_rows` (default 512: fewer hand-offs through the event loop), so an
 interactive request never waits for a runner held by background work and the OS gives it the CPU first.
 Background rows have no deadline and no row limit (their callers bound them), never count toward the
 interactive queue's 429 limit or its drain-rate estimate, and a drain fails them at once instead of waiting.
@@ -85,6 +86,7 @@ class _Request:
     background: bool = False
 
 
+BACKGROUND_BATCH_ROWS = 512  # rows a background batch takes (at least max_batch_rows)
 Chunks = list[tuple[_Request, int, int]]  # one batch: (request, first row, end row) per request in it
 
 
@@ -112,6 +114,7 @@ class Batcher:
         inline_rows: int = 0,
         background_runners: int | None = None,
         background_nice: int = 19,
+        background_batch_rows: int | None = None,
     ) -> None:
         self._infer = infer
         self.max_batch_rows, self.max_wait_s, self.max_queue_rows = max_batch_rows, max_wait_s, max_queue_rows
@@ -128,6 +131,9 @@ class Batcher:
         self._background: deque[_Request] = deque()
         self._background_rows = 0
         self.background_runners = runners if background_runners is None else max(1, background_runners)
+        # Background batches are bigger: each batch costs the event loop a hand-off, and nobody waits on their
+        # latency (they run on runners of their own).
+        self.background_batch_rows = background_batch_rows or max(max_batch_rows, BACKGROUND_BATCH_ROWS)
         self._background_slots = asyncio.Semaphore(self.background_runners)
         self._background_wakeup = asyncio.Event()
         self._background_executor = ThreadPoolExecutor(
@@ -225,11 +231,12 @@ class Batcher:
         return chunks
 
     def _take(self, queue: deque[_Request], background: bool) -> Chunks:
-        """Up to max_batch_rows rows from the head of one lane's queue; requests already answered (cancelled,
-        failed) or past their deadline are dropped on the way."""
+        """Up to max_batch_rows rows (background_batch_rows in the background lane) from the head of one lane's
+        queue; requests already answered (cancelled, failed) or past their deadline are dropped on the way."""
         chunks: Chunks = []
         rows, now = 0, time.monotonic()
-        while queue and rows < self.max_batch_rows:
+        limit = self.background_batch_rows if background else self.max_batch_rows
+        while queue and rows < limit:
             request = queue[0]
             if request.future.done() or (request.next_row == 0 and now > request.deadline):
                 queue.popleft()
@@ -242,7 +249,7 @@ class Batcher:
                 continue
             if request.next_row == 0 and not background:
                 self._observer.queue_wait(now - request.enqueued_at)
-            take = min(request.n - request.next_row, self.max_batch_rows - rows)
+            take = min(request.n - request.next_row, limit - rows)
             chunks.append((request, request.next_row, request.next_row + take))
             request.next_row += take
             self._count(background, -take)

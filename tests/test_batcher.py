@@ -341,7 +341,8 @@ class GatedModel:
 def lanes(test: Callable[[Batcher, GatedModel], Awaitable[Any]], **kwargs: Any) -> Any:
     async def main() -> Any:
         model = GatedModel()
-        options = {"max_batch_rows": 4, "max_wait_s": 0.0, "max_queue_rows": 8, "runners": 1} | kwargs
+        options = {"max_batch_rows": 4, "max_wait_s": 0.0, "max_queue_rows": 8, "runners": 1}
+        options |= {"background_batch_rows": 4} | kwargs
         batcher = Batcher(model, **options)
         batcher.start()
         try:
@@ -397,7 +398,9 @@ def test_background_work_alone_is_computed_on_every_background_runner_at_low_pri
         return feeds["z"] * 2
 
     async def main() -> None:
-        batcher = Batcher(infer, max_batch_rows=4, max_wait_s=0.0, max_queue_rows=8, runners=2)
+        batcher = Batcher(
+            infer, max_batch_rows=4, max_wait_s=0.0, max_queue_rows=8, runners=2, background_batch_rows=4
+        )
         batcher.start()
         try:
             out = await batcher.enqueue(rows(1000, 8), 8, math.inf, background=True)
@@ -457,3 +460,26 @@ def test_cancelled_background_rows_are_dropped_and_a_drain_fails_them_at_once() 
             batcher.enqueue(rows(0, 1), 1, math.inf, background=True)
 
     lanes(test, background_runners=1)
+
+
+def test_background_batches_are_bigger_by_default() -> None:
+    """Background rows go in batches of up to 512 rows (fewer hand-offs through the event loop), interactive ones
+    in max_batch_rows; the outputs are the same rows either way."""
+    sizes: list[tuple[int, bool]] = []
+
+    def infer(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        sizes.append((len(feeds["z"]), threading.current_thread().name.startswith("infer-bg")))
+        return feeds["z"] * 2
+
+    async def main() -> None:
+        batcher = Batcher(infer, max_batch_rows=4, max_wait_s=0.0, max_queue_rows=8, runners=1, name="m")
+        batcher.start()
+        try:
+            out = await batcher.enqueue(rows(0, 600), 600, math.inf, background=True)
+            np.testing.assert_array_equal(out, rows(0, 600)["z"] * 2)
+            await batcher.submit(rows(0, 6), 6, 5)
+        finally:
+            await batcher.close()
+
+    asyncio.run(main())
+    assert sizes == [(512, True), (88, True), (4, False), (2, False)]

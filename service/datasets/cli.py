@@ -21,7 +21,7 @@ import numpy as np
 
 from service.datasets.croissant import describe
 from service.datasets.runner import software
-from service.datasets.shards import Identity, encode_shard, remove_partial, shard_name, write_shard
+from service.datasets.shards import Identity, encode_shard, remove_partial, served, shard_name, write_shard
 from service.datasets.spec import JobSpec, RowPlan
 from service.datasets.store import Job, Shard
 from service.manifest import ONNX_FILE, Manifest, VersionDir, version_path
@@ -80,7 +80,7 @@ def write(args: argparse.Namespace) -> int:
             continue  # written atomically by an earlier try: complete
         rows = plan.shard_plan(k)
         x = compute(session, rows.feeds, rows.rows, args.batch_rows or settings.max_batch_rows)
-        write_shard(path, encode_shard(spec.format, identity, rows, x))
+        write_shard(path, encode_shard(spec.format, identity, rows, served(x, identity.kind)))
         written += rows.rows
     seconds = time.perf_counter() - started
     print(

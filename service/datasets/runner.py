@@ -23,7 +23,7 @@ from pathlib import Path
 
 from service.batcher import BatchFailed, Draining
 from service.datasets.limits import check_disk, check_running, check_size
-from service.datasets.shards import Identity, encode_and_hash, remove_partial, shard_name, write_shard
+from service.datasets.shards import Identity, encode_and_hash, remove_partial, served, shard_name, write_shard
 from service.datasets.spec import DatasetRequest, JobSpec, RowPlan
 from service.datasets.store import DB_FILE, Job, Shard, Store
 from service.datasets.workers import WorkerFailed, Workers
@@ -272,7 +272,9 @@ class DatasetJobs:
             x = await future
         finally:
             future.cancel()  # a no-op once computed; drops the rows of a cancelled job
-        return await workers.call(encode_and_hash, plan.spec.format, identity, rows, x)
+        # uint8 images are a quarter of the float32 output to send; numpy converts without holding the GIL
+        values = await asyncio.to_thread(served, x, identity.kind)
+        return await workers.call(encode_and_hash, plan.spec.format, identity, rows, values)
 
     async def commit_shard(
         self, job: Job, plan: RowPlan, k: int, data: bytes, digest: str, mark: float, model: ReadyModel

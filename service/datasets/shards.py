@@ -71,9 +71,8 @@ def served(x: np.ndarray, kind: str) -> np.ndarray:
     return encoding.to_uint8_nhwc(x) if kind == "image" else np.ascontiguousarray(x, dtype=np.float32)
 
 
-def encode_shard(fmt: Format, identity: Identity, plan: Plan, x: np.ndarray) -> bytes:
-    """The bytes of one shard: the plan's rows (index, class) with their computed generator output `x`."""
-    values = served(x, identity.kind)
+def encode_shard(fmt: Format, identity: Identity, plan: Plan, values: np.ndarray) -> bytes:
+    """The bytes of one shard: the plan's rows (index, class) with their generator output as `served` makes it."""
     labels = plan.labels.tolist() if plan.labels is not None else [None] * plan.rows
     if fmt == "npz":
         return npz_shard(identity, plan, values)
@@ -86,9 +85,9 @@ def encode_shard(fmt: Format, identity: Identity, plan: Plan, x: np.ndarray) -> 
     return parquet_shard(identity, plan.indices, labels, items, values)
 
 
-def encode_and_hash(fmt: Format, identity: Identity, plan: Plan, x: np.ndarray) -> tuple[bytes, str]:
+def encode_and_hash(fmt: Format, identity: Identity, plan: Plan, values: np.ndarray) -> tuple[bytes, str]:
     """The shard's bytes and their sha256 (what a job's worker process returns)."""
-    data = encode_shard(fmt, identity, plan, x)
+    data = encode_shard(fmt, identity, plan, values)
     return data, hashlib.sha256(data).hexdigest()
 
 
