@@ -66,7 +66,7 @@ class Settings(BaseSettings):
         19,
         ge=0,
         le=19,
-        description="CPU priority (nice) of dataset jobs' inference threads and worker processes: interactive requests get the CPU first (19: all but only what they leave; 0: an equal share)",
+        description="CPU priority (nice) of dataset jobs' inference threads and worker processes: interactive requests get the CPU first (19: a job gets only what they leave; 0: an equal share)",
     )
 
     api_key: SecretStr | None = Field(
