@@ -29,8 +29,15 @@ def test_a_checkpoint_carrying_code_is_refused(tmp_path: Path) -> None:
         load_checkpoint(path)
 
 
+# Pickles that are safe by construction, each with the reason. service/datasets/workers.py: the service and the
+# worker processes it spawned exchange calls over the child's own stdin/stdout pipes, which nothing else can write
+# to (what multiprocessing does internally); no file, socket or request body is ever unpickled.
+TRUSTED_PIPES = {"service/datasets/workers.py"}
+
+
 def test_no_module_loads_pickles_unsafely() -> None:
-    """Every torch.load in the code base says weights_only=True; nothing calls pickle.load or np.load with pickles."""
+    """Every torch.load in the code base says weights_only=True; nothing calls pickle.load or np.load with pickles
+    (outside the listed private pipes to the service's own worker processes)."""
     offenders = []
     for source in [
         *ROOT.glob("training/**/*.py"),
@@ -38,7 +45,10 @@ def test_no_module_loads_pickles_unsafely() -> None:
         *ROOT.glob("bench/**/*.py"),
     ]:
         for number, line in enumerate(source.read_text().splitlines(), 1):
-            if ("torch.load(" in line and "weights_only=True" not in line) or "pickle.load" in line:
+            trusted = str(source.relative_to(ROOT)) in TRUSTED_PIPES
+            if ("torch.load(" in line and "weights_only=True" not in line) or (
+                "pickle.load" in line and not trusted
+            ):
                 offenders.append(f"{source.relative_to(ROOT)}:{number}: {line.strip()}")
             if "allow_pickle=True" in line:
                 offenders.append(f"{source.relative_to(ROOT)}:{number}: {line.strip()}")
