@@ -17,7 +17,6 @@ import asyncio
 import json
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,7 @@ import httpx
 import numpy as np
 
 from bench.load import closed_loop, running_service
-from bench.raw_ort import RawOrt, feeds_for, machine, service_threads
-from service.batcher import lower_priority
+from bench.raw_ort import RawOrt, concurrent_rate, feeds_for, machine, service_threads
 from service.manifest import version_path
 from service.settings import BUNDLED_MODELS, Settings
 
@@ -36,22 +34,7 @@ def niced_rate(raw: RawOrt, batch: int, nice: int, seconds: float) -> float:
     """Raw ORT's rows/s with its `runners` threads at the given nice value (as the job's background runners)."""
     feeds = feeds_for(raw.manifest, batch)
     raw.sess.run(["x"], feeds)
-    counts = [0] * raw.runners
-    stop = time.perf_counter() + seconds
-
-    def loop(slot: int) -> None:
-        lower_priority(nice)
-        while time.perf_counter() < stop:
-            raw.sess.run(["x"], feeds)
-            counts[slot] += 1
-
-    threads = [threading.Thread(target=loop, args=(i,)) for i in range(raw.runners)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return sum(counts) * batch / (time.perf_counter() - started)
+    return concurrent_rate(raw.sess, feeds, batch, raw.runners, seconds, nice=nice)
 
 
 def plan(model: str, rows: int, manifest: Any) -> dict[str, Any]:

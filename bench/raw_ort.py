@@ -26,6 +26,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper, shape_inference
 
+from service.batcher import lower_priority
 from service.manifest import load_manifest, version_dirs
 from service.runtime import intra_op_threads
 from service.settings import BUNDLED_MODELS, Settings
@@ -216,12 +217,15 @@ class RawOrt:
 
 
 def concurrent_rate(
-    sess: Any, feeds: dict[str, np.ndarray], batch: int, runners: int, seconds: float
+    sess: Any, feeds: dict[str, np.ndarray], batch: int, runners: int, seconds: float, nice: int | None = None
 ) -> float:
+    """Rows/s of `runners` threads calling the session at once for `seconds` (each at `nice` if given)."""
     stop = time.perf_counter() + seconds
     counts = [0] * runners
 
     def loop(slot: int) -> None:
+        if nice is not None:
+            lower_priority(nice)
         while time.perf_counter() < stop:
             sess.run(["x"], feeds)
             counts[slot] += 1

@@ -11,7 +11,9 @@ from service.latents import MAX_INDEX, MAX_SEED
 Label = int | str  # a class index or a class name from the manifest
 
 
-class _Body(BaseModel):
+class ModelChoice(BaseModel):
+    """The model (and version) a request is for; every request body starts with it."""
+
     # strict: `true` is not the integer 1 and "3" is not 3; a client that sends them has a bug to hear about
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -19,7 +21,7 @@ class _Body(BaseModel):
     version: int | None = Field(None, ge=1, description="model version; default: the highest ready one")
 
 
-class GenerateRequest(_Body):
+class GenerateRequest(ModelChoice):
     n: int = Field(1, ge=1, description="number of samples (at most GAN_MAX_N)")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="default: chosen by the server, returned")
     offset: int = Field(
@@ -46,7 +48,7 @@ class Endpoint(BaseModel):
         return self
 
 
-class InterpolateRequest(_Body):
+class InterpolateRequest(ModelChoice):
     start: Endpoint
     end: Endpoint
     steps: int = Field(8, ge=2, description="points on the path, ends included (at most GAN_MAX_STEPS)")
@@ -90,7 +92,7 @@ class EditOperation(BaseModel):
         return "mix" if self.mix_seed is not None else "truncation"
 
 
-class EditFields(_Body):
+class EditFields(ModelChoice):
     """Everything of an /edit request but the images (multipart sends those as files)."""
 
     labels: Label | list[Label] | None = Field(
@@ -124,7 +126,12 @@ class Variations(BaseModel):
     resize: bool = False
 
 
-class AugmentRequest(_Body):
+class SetPlan(BaseModel):
+    """The plan of a labelled synthetic set, shared by /augment and /datasets: per-class counts, the real set's
+    counts with a target or ratio, or n for an unconditional model."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
     per_class: dict[str, int] | None = Field(None, description="synthetic rows per class (name or index)")
     class_counts: dict[str, int] | list[int] | None = Field(
         None, description="the real data set's counts per class"
@@ -136,6 +143,9 @@ class AugmentRequest(_Body):
         None, gt=0, le=100, description="with class_counts: synthetic rows = ratio x real rows"
     )
     n: int | None = Field(None, ge=1, description="unconditional models: the size of the synthetic set")
+
+
+class AugmentRequest(ModelChoice, SetPlan):
     variations_of: Variations | None = Field(
         None, description="variations of real images (models with encoders)"
     )

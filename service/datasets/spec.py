@@ -12,36 +12,21 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from service.latents import MAX_SEED
 from service.manifest import Manifest
 from service.plans import Plan, augment_counts, set_rows
-from service.schemas import AugmentRequest
+from service.schemas import AugmentRequest, ModelChoice, SetPlan
 
 Format = Literal["webdataset", "parquet", "npz"]
 PLAN_FIELDS = ("per_class", "class_counts", "target", "ratio", "n")
 
 
-class DatasetRequest(BaseModel):
+class DatasetRequest(ModelChoice, SetPlan):
     """POST /datasets: the plan of /augment (per_class, class_counts with target or ratio, or n), a seed, and
     how to write it: rows per shard and the shard format."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    model: str = Field(min_length=1, max_length=128, description="model name (see GET /models)")
-    version: int | None = Field(None, ge=1, description="model version; default: the highest ready one")
-    per_class: dict[str, int] | None = Field(None, description="synthetic rows per class (name or index)")
-    class_counts: dict[str, int] | list[int] | None = Field(
-        None, description="the real data set's counts per class"
-    )
-    target: Literal["balance"] | None = Field(
-        None, description="with class_counts: top every class up to the largest"
-    )
-    ratio: float | None = Field(
-        None, gt=0, le=100, description="with class_counts: synthetic rows = ratio x real rows"
-    )
-    n: int | None = Field(None, ge=1, description="unconditional models: the size of the set")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="default: chosen by the server, returned")
     truncation: float | None = Field(None, ge=0.05, le=10.0)
     shard_rows: int = Field(1000, ge=1, le=1_000_000, description="rows per shard (the last may have fewer)")
