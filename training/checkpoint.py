@@ -25,6 +25,7 @@ CHECKPOINT_FORMAT = 1
 # lower rate); the resume command that changed them is kept in the checkpoint's provenance.
 SCHEDULE = {"lr_g", "lr_d", "r1_gamma"}
 RESUMABLE = {"steps", "log_every", "sample_every", "checkpoint_every", "device", "num_threads", *SCHEDULE}
+RESUMABLE |= {"dist_timeout_s"}  # how the ranks wait for each other: nothing the weights depend on
 
 
 class ResumeError(ValueError):
@@ -97,14 +98,17 @@ class RunRecord:
 
 
 def rng_state(latent_gen: torch.Generator) -> dict[str, Any]:
-    cuda = torch.cuda.get_rng_state_all() if latent_gen.device.type == "cuda" else []
+    """The RNGs a run draws from. On CUDA the one of the device this rank trains on (every rank's is the
+    same), first in the list: a resume may put the run on another device or another number of ranks."""
+    device = latent_gen.device
+    cuda = [torch.cuda.get_rng_state(device)] if device.type == "cuda" else []
     return {"torch": torch.get_rng_state(), "cuda": cuda, "latent": latent_gen.get_state()}
 
 
 def restore_rng(rng: dict[str, Any], latent_gen: torch.Generator) -> None:
     torch.set_rng_state(rng["torch"])
     if latent_gen.device.type == "cuda" and rng["cuda"]:
-        torch.cuda.set_rng_state_all(rng["cuda"])
+        torch.cuda.set_rng_state(rng["cuda"][0], latent_gen.device)  # older checkpoints: device 0 first
     latent_gen.set_state(rng["latent"])
 
 

@@ -80,9 +80,13 @@ class TrainConfig(Architecture):
     # bf16 autocast (weights and optimizer state stay fp32). auto: bf16 on CUDA with bf16, and for the DCGAN
     # networks on CPUs that multiply bf16 natively (AMX or AVX512-BF16); fp32 elsewhere.
     precision: Precision = "auto"
+    # torchrun: seconds a rank waits in a collective for the others before the run fails (a rank that hangs;
+    # one that dies fails the others at once). Long enough for rank 0 to write a checkpoint.
+    dist_timeout_s: int = 600
 
     def __post_init__(self) -> None:
         positive = ("z_dim", "g_width", "d_width", "mlp_layers", "batch_size", "n_critic", "log_every")
+        positive += ("dist_timeout_s",)
         for name in (*positive, "sample_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -2,7 +2,8 @@
 
 A batch is a pure function of (seed, step): finite sets are walked in per-epoch permutations derived from
 the seed, infinite ones (mixtures, stacked MNIST) are sampled from a generator seeded by (seed, step).
-That makes `--resume` exact without saving any data-loader state. The files they read are read by readers.py.
+That makes `--resume` exact without saving any data-loader state. Under torchrun each rank takes its `part`
+(a slice) of that same global batch, so the data seen does not depend on the number of ranks. The files they read are read by readers.py.
 """
 
 from __future__ import annotations
@@ -54,13 +55,19 @@ def _step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) % (1 << 63))
 
 
+ALL = slice(None)
+
+
 class Source:
-    """A data source: `batch(step, batch_size)` returns (x, y or None) on the CPU."""
+    """A data source: `batch(step, batch_size, part)` returns (x, y or None) on the CPU: the samples `part`
+    of the global batch `step` of `batch_size` samples (all of it by default)."""
 
     spec: DataSpec
     seed: int = 0
 
-    def batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def batch(
+        self, step: int, batch_size: int, part: slice = ALL
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError
 
     def __len__(self) -> int:
@@ -81,7 +88,9 @@ class TensorSource(Source):
     def __len__(self) -> int:
         return len(self.x)
 
-    def batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def batch(
+        self, step: int, batch_size: int, part: slice = ALL
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if batch_size > len(self.x):
             raise DataError(f"{self.spec.name}: batch_size {batch_size} exceeds the {len(self.x)} samples")
         per_epoch = len(self.x) // batch_size  # the last partial batch of an epoch is dropped
@@ -89,7 +98,7 @@ class TensorSource(Source):
         if epoch != self._epoch:
             gen = torch.Generator().manual_seed((self.seed * 7919 + epoch) % (1 << 63))
             self._epoch, self._perm = epoch, torch.randperm(len(self.x), generator=gen)
-        index = self._perm[offset * batch_size : (offset + 1) * batch_size]
+        index = self._perm[offset * batch_size : (offset + 1) * batch_size][part]
         return to_float(self.x[index]), None if self.y is None else self.y[index]
 
 
@@ -102,11 +111,11 @@ class MixtureSource(Source):
     def __len__(self) -> int:
         return 100_000  # PacGAN's pool size; only used to turn --epochs into steps
 
-    def batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, step: int, batch_size: int, part: slice = ALL) -> tuple[torch.Tensor, torch.Tensor]:
         gen = _step_generator(self.seed, step)
         y = torch.randint(len(self.means), (batch_size,), generator=gen)
         x = self.means[y] + self.sigma * torch.randn(batch_size, 2, generator=gen)
-        return x, y
+        return x[part], y[part]
 
 
 class StackedSource(Source):
@@ -118,9 +127,9 @@ class StackedSource(Source):
     def __len__(self) -> int:
         return 128_000  # the VEEGAN/PacGAN set size; only used to turn --epochs into steps
 
-    def batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, step: int, batch_size: int, part: slice = ALL) -> tuple[torch.Tensor, torch.Tensor]:
         gen = _step_generator(self.seed, step)
-        index = torch.randint(len(self.digits), (batch_size, 3), generator=gen)
+        index = torch.randint(len(self.digits), (batch_size, 3), generator=gen)[part]
         x = self.digits[index].squeeze(2)  # (N, 3, 28, 28): one digit per channel
         y = (self.labels[index] * torch.tensor([100, 10, 1])).sum(1)
         return to_float(x), y
@@ -224,7 +233,9 @@ class FakeSource(Source):
     def __len__(self) -> int:
         return 1024
 
-    def batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def batch(
+        self, step: int, batch_size: int, part: slice = ALL
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         gen = _step_generator(self.seed, step)
         x = torch.rand(batch_size, *self.spec.shape, generator=gen) * 2 - 1
         y = (
@@ -232,4 +243,4 @@ class FakeSource(Source):
             if self.spec.num_classes
             else None
         )
-        return x, y
+        return x[part], None if y is None else y[part]

@@ -1,5 +1,5 @@
 """The training loop, read top to bottom under `# Step N.` comments; one step is in step.py, the checkpoint in
-checkpoint.py."""
+checkpoint.py, the ranks of a torchrun launch in distributed.py (rank 0 alone writes files and logs)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from training.checkpoint import (
 from training.config import TrainConfig
 from training.data import BUILTIN, DataSpec, FakeSource, Source, builtin_spec, make_source
 from training.device import cpu_threads, pick_device, runs_on, use_bf16
+from training.distributed import Ranks, any_rank, check_batch, mean_over_ranks, process_group
 from training.losses import make_objectives
 from training.networks import NetSpec
 from training.preview import preview_latents, write_preview
@@ -59,12 +60,14 @@ class StopRequest:
 
 
 class MetricsLog:
-    """metrics.jsonl every `log_every` steps and at the last, and the progress bar."""
+    """metrics.jsonl every `log_every` steps and at the last, and the progress bar: rank 0's, with the
+    losses of the global batch; images/s counts the global batch, so every rank's images."""
 
-    def __init__(self, run_dir: Path, cfg: TrainConfig, step: int, progress: bool) -> None:
-        self.cfg = cfg
-        self.file = (run_dir / "metrics.jsonl").open("a")
-        self.bar = tqdm(total=cfg.steps, initial=step, disable=not progress, dynamic_ncols=True, unit="step")
+    def __init__(self, run_dir: Path, cfg: TrainConfig, step: int, progress: bool, ranks: Ranks) -> None:
+        self.cfg, self.ranks = cfg, ranks
+        self.file = (run_dir / "metrics.jsonl").open("a") if ranks.leader else None
+        disable = not (progress and ranks.leader)
+        self.bar = tqdm(total=cfg.steps, initial=step, disable=disable, dynamic_ncols=True, unit="step")
         self.window_start, self.window_steps = time.perf_counter(), 0
 
     def __enter__(self) -> MetricsLog:
@@ -72,12 +75,18 @@ class MetricsLog:
 
     def __exit__(self, *exc: object) -> None:
         self.bar.close()
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
 
     def step(self, record: RunRecord, losses: dict[str, Tensor]) -> None:
+        """Called by every rank after every step (the losses are averaged over the ranks when logged)."""
         self.window_steps += 1
         self.bar.update(1)
         if record.step % self.cfg.log_every and record.step != self.cfg.steps:
+            return
+        losses = mean_over_ranks(losses, self.ranks)
+        if self.file is None:
+            self.window_start, self.window_steps = time.perf_counter(), 0
             return
         elapsed = time.perf_counter() - self.window_start
         rate = self.window_steps * self.cfg.batch_size * self.cfg.n_critic / max(elapsed, 1e-9)
@@ -132,19 +141,35 @@ def train(
     command: str | None = None,
     progress: bool = True,
 ) -> Path:
-    """Train until `cfg.steps` generator steps are done; returns the checkpoint path.
-
-    The package's longest function, on purpose: the run reads as one story under its `# Step N.` comments
-    (StyleGAN's training_loop, nanoGPT's train.py are the models); each step's work is a call."""
+    """Train until `cfg.steps` generator steps are done; returns the checkpoint path. Under torchrun, every
+    rank calls it (in a process group of its own making, or of the caller's)."""
     run_dir = Path(run_dir)
-    ckpt_path = run_dir / CHECKPOINT
-    if not resume and ckpt_path.exists():
-        raise ResumeError(f"{ckpt_path} exists: pass --resume to continue it, or choose another --run-dir")
+    if not resume and (run_dir / CHECKPOINT).exists():
+        raise ResumeError(
+            f"{run_dir / CHECKPOINT} exists: pass --resume to continue it, or choose another --run-dir"
+        )
+    with process_group(pick_device(cfg.device), cfg.dist_timeout_s) as (ranks, device):
+        return _train(cfg, run_dir, ranks, device, resume, dry_run, epochs, command, progress)
 
-    # Step 1. Device, threads, seeds.
-    device = pick_device(cfg.device)
+
+def _train(
+    cfg: TrainConfig,
+    run_dir: Path,
+    ranks: Ranks,
+    device: torch.device,
+    resume: bool,
+    dry_run: bool,
+    epochs: float | None,
+    command: str | None,
+    progress: bool,
+) -> Path:
+    """The package's longest function, on purpose: the run reads as one story under its `# Step N.` comments
+    (StyleGAN's training_loop, nanoGPT's train.py are the models); each step's work is a call."""
+    ckpt_path = run_dir / CHECKPOINT
+
+    # Step 1. Threads and seeds (the same on every rank: they all build and draw the same).
     if device.type == "cpu":
-        cpu_threads(cfg.num_threads)
+        cpu_threads(cfg.num_threads or ranks.threads())
     torch.manual_seed(cfg.seed)
     latent_gen = torch.Generator(device).manual_seed(cfg.seed)
 
@@ -152,16 +177,17 @@ def train(
     source = open_source(cfg, dry_run)
     cfg = step_count(cfg, len(source), epochs, dry_run)
     source.batch(0, cfg.batch_size)  # fail fast on a data/batch mismatch; batches are pure, nothing changes
+    check_batch(cfg.batch_size, cfg.pack, ranks)
     spec = NetSpec.from_config(cfg, source.spec)
 
-    # Step 3. Networks, EMA copy of G, optimisers, objectives.
-    nets = Nets.build(cfg, spec, device)
-    objectives = make_objectives(cfg.loss, cfg.gp_lambda, cfg.r1_gamma, cfg.mixture_beta)
+    # Step 3. Networks (DDP-wrapped under torchrun), EMA copy of G, optimisers, objectives; this rank's part.
+    nets = Nets.build(cfg, spec, device, ranks)
+    objectives = make_objectives(cfg.loss, cfg.gp_lambda, cfg.r1_gamma, cfg.mixture_beta, ranks)
     bf16 = use_bf16(cfg.precision, device, cfg.arch)
-    latents = Latents(spec, cfg.batch_size, latent_gen)
+    latents = Latents(spec, cfg.batch_size, latent_gen, ranks.part(cfg.batch_size))
     # What this invocation really runs on: `auto` settings resolve per machine, and wall times mean
     # little without them. Each resume appends its own segment.
-    where = runs_on(device, bf16)
+    where = runs_on(device, bf16) | ranks.describe()
 
     # Step 4. Resume: every network, optimiser, RNG and counter exactly as it was saved.
     record = RunRecord(command=command, where=where)
@@ -172,18 +198,24 @@ def train(
         nets.load_state_dict(state, cfg)
         restore_rng(state["rng"], latent_gen)
         record = RunRecord.resumed(state, command, where)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(run_dir / "config.json")
+    if ranks.leader:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.json")
 
-    # Step 5. The steps, each a train_step; a stop request is honoured between steps only.
+    # Step 5. The steps, each a train_step; a stop request (on any rank) is honoured between steps only, by
+    # every rank at the same step. Rank 0 alone writes previews and checkpoints (each file atomically).
     preview_z, preview_c = preview_latents(cfg.seed, spec, device)
-    with StopRequest() as stop, MetricsLog(run_dir, cfg, record.step, progress) as log:
-        while record.step < cfg.steps and not stop.requested:
+    stopping = False
+    with StopRequest() as stop, MetricsLog(run_dir, cfg, record.step, progress, ranks) as log:
+        while record.step < cfg.steps and not stopping:
             started = time.perf_counter()
             losses = train_step(record.step, cfg, source, nets, objectives, latents, bf16)
             record.step += 1
             record.wall_time_s += time.perf_counter() - started
             log.step(record, losses)
+            stopping = any_rank(stop.requested, ranks, device)
+            if not ranks.leader:
+                continue
             if record.step % cfg.sample_every == 0 or record.step == cfg.steps:
                 preview = run_dir / "samples" / f"{record.step:07d}.png"
                 write_preview(nets.sampler, preview_z, preview_c, preview, cfg.data)
@@ -191,8 +223,10 @@ def train(
                 write_checkpoint(ckpt_path, cfg, spec, source.spec, nets, record, latents, dry_run)
 
     # Step 6. The final checkpoint: the resume state, and the input of `export`.
-    write_checkpoint(ckpt_path, cfg, spec, source.spec, nets, record, latents, dry_run)
-    if stop.requested:
-        print(f"stopped by signal: checkpoint at step {record.step} written to {ckpt_path}", flush=True)
+    if ranks.leader:
+        write_checkpoint(ckpt_path, cfg, spec, source.spec, nets, record, latents, dry_run)
+    if stopping:
+        if ranks.leader:
+            print(f"stopped by signal: checkpoint at step {record.step} written to {ckpt_path}", flush=True)
         raise KeyboardInterrupt
     return ckpt_path

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from training.distributed import Ranks
+
 
 class Loss:
     n_critic_default = 1
@@ -119,11 +121,15 @@ class WGANGP(Loss):
 
     n_critic_default = 5
 
-    def __init__(self, gp_lambda: float = 10.0) -> None:
-        self.gp_lambda = gp_lambda
+    def __init__(self, gp_lambda: float = 10.0, ranks: Ranks | None = None) -> None:
+        self.gp_lambda, self.ranks = gp_lambda, ranks or Ranks()
 
     def d_loss(self, D: nn.Module, real: Tensor, fake: Tensor, c: Tensor | None) -> Tensor:
-        eps = torch.rand(real.shape[0], device=real.device, dtype=real.dtype)
+        # The interpolation weights of the whole global batch, this rank's slice of them: the same numbers
+        # for a sample whatever the number of ranks (`real` is this rank's equal share).
+        n, ranks = real.shape[0], self.ranks
+        eps = torch.rand(n * ranks.world_size, device=real.device, dtype=real.dtype)
+        eps = eps[ranks.rank * n : (ranks.rank + 1) * n]
         gp = gradient_penalty(D, real, fake, c, eps)
         return D(fake, c).mean() - D(real, c).mean() + self.gp_lambda * gp
 
@@ -131,13 +137,13 @@ class WGANGP(Loss):
         return -D(fake, c).mean()
 
 
-def make_loss(name: str, gp_lambda: float = 10.0) -> Loss:
+def make_loss(name: str, gp_lambda: float = 10.0, ranks: Ranks | None = None) -> Loss:
     losses: dict[str, Loss] = {
         "minimax": Minimax(),
         "nonsaturating": NonSaturating(),
         "hinge": Hinge(),
         "lsgan": LeastSquares(),
-        "wgan-gp": WGANGP(gp_lambda),
+        "wgan-gp": WGANGP(gp_lambda, ranks),
     }
     if name not in losses:
         raise ValueError(f"unknown loss '{name}'; choose one of {sorted(losses)}")
@@ -153,9 +159,13 @@ class Objectives:
     mgan: ComponentCrossEntropy | None = None  # C's loss, and G's
 
 
-def make_objectives(loss: str, gp_lambda: float, r1_gamma: float, mixture_beta: float) -> Objectives:
+def make_objectives(
+    loss: str, gp_lambda: float, r1_gamma: float, mixture_beta: float, ranks: Ranks | None = None
+) -> Objectives:
+    """Every loss is a mean over this rank's samples: with equal slices, DDP's average of the ranks'
+    gradients is the gradient of the global batch's mean."""
     return Objectives(
-        make_loss(loss, gp_lambda),
+        make_loss(loss, gp_lambda, ranks),
         R1(r1_gamma) if r1_gamma > 0 else None,
         ComponentCrossEntropy(mixture_beta) if mixture_beta > 0 else None,
     )

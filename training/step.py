@@ -1,10 +1,11 @@
 """One training step, and what it updates: the networks with their optimisers and the EMA copy of G, and
-the latents it draws."""
+the latents it draws. Under torchrun the steps call the DDP wrappers (`Nets.parallel`) where a network learns
+and the plain modules where it only passes gradients on; each rank works on its slice of the global batch."""
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -13,6 +14,7 @@ from torch import Tensor, nn
 
 from training.config import TrainConfig
 from training.data import Source
+from training.distributed import Ranks, data_parallel
 from training.losses import Objectives
 from training.networks import ComponentClassifier, NetSpec, build_networks
 
@@ -45,19 +47,25 @@ class Nets:
     ema: EMA | None = None
     C: nn.Module | None = None
     opt_c: torch.optim.Optimizer | None = None
+    # G, D and C as the steps call them where they learn: DDP wrappers under torchrun, else the modules
+    parallel: dict[str, nn.Module] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, cfg: TrainConfig, spec: NetSpec, device: torch.device) -> Nets:
+    def build(cls, cfg: TrainConfig, spec: NetSpec, device: torch.device, ranks: Ranks | None = None) -> Nets:
+        ranks = ranks or Ranks()
         G, D = build_networks(spec)
         G.to(device).train()
         D.to(device).train()
+        C = ComponentClassifier(spec).to(device).train() if cfg.mixture_beta > 0 else None
+        parallel = {"G": data_parallel(G, ranks, device), "D": data_parallel(D, ranks, device)}
+        if C is not None:
+            parallel["C"] = data_parallel(C, ranks, device)
         ema = EMA(G, cfg.ema_decay) if cfg.ema_decay > 0 else None
         betas = (cfg.beta1, cfg.beta2)
         opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=betas)
         opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=betas)
-        C = ComponentClassifier(spec).to(device).train() if cfg.mixture_beta > 0 else None
         opt_c = torch.optim.Adam(C.parameters(), lr=cfg.lr_d, betas=betas) if C is not None else None
-        return cls(G, D, opt_g, opt_d, ema, C, opt_c)
+        return cls(G, D, opt_g, opt_d, ema, C, opt_c, parallel)
 
     @property
     def sampler(self) -> nn.Module:
@@ -84,19 +92,24 @@ class Nets:
 
 class Latents:
     """z for a batch, and c: the given labels one-hot, or uniformly drawn ones for conditional G; from their
-    own generator, whose state the checkpoint keeps."""
+    own generator, whose state the checkpoint keeps. Each draw is the global batch's, and this rank keeps its
+    `part`: every rank's generator stays in step, and sample i's latent does not depend on the ranks."""
 
-    def __init__(self, spec: NetSpec, batch_size: int, generator: torch.Generator) -> None:
-        self.spec, self.batch_size, self.generator = spec, batch_size, generator
+    def __init__(
+        self, spec: NetSpec, batch_size: int, generator: torch.Generator, part: slice = slice(None)
+    ) -> None:
+        self.spec, self.batch_size, self.generator, self.part = spec, batch_size, generator, part
         self.device = generator.device
 
     def __call__(self, labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """`labels`: this rank's part of the batch's labels, when the data gives them."""
         n, num_classes = self.batch_size, self.spec.num_classes
-        z = torch.randn(n, self.spec.z_dim, device=self.device, generator=self.generator)
+        z = torch.randn(n, self.spec.z_dim, device=self.device, generator=self.generator)[self.part]
         if not num_classes:
             return z, None
         if labels is None:
             labels = torch.randint(num_classes, (n,), device=self.device, generator=self.generator)
+            labels = labels[self.part]
         return z, F.one_hot(labels.to(self.device), num_classes).float()
 
 
@@ -116,28 +129,33 @@ def train_step(
     bf16: bool,
 ) -> dict[str, Tensor]:
     """n_critic D updates on a real batch and a detached fake batch with the same labels (MGAN's classifier
-    learns on each fake batch), then one G update on freshly drawn labels; returns the last losses."""
+    learns on each fake batch), then one G update on freshly drawn labels; returns the last losses (this
+    rank's). The network that learns is called through `nets.parallel` (its gradients averaged over the
+    ranks); the others are called plain: no gradient of theirs is kept, so none need be sent."""
     G, D, device = nets.G, nets.D, latents.device
+    parallel_g, parallel_d = nets.parallel.get("G", G), nets.parallel.get("D", D)
     losses: dict[str, Tensor] = {}
     for i in range(cfg.n_critic):
-        x_real, y_real = source.batch(step * cfg.n_critic + i, cfg.batch_size)
+        x_real, y_real = source.batch(step * cfg.n_critic + i, cfg.batch_size, latents.part)
         x_real = x_real.to(device, non_blocking=True)
         z, c = latents(y_real)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             with torch.no_grad():
                 x_fake = G(z, c)
-            losses["d_loss"] = objectives.gan.d_loss(D, x_real, x_fake, c)
+            losses["d_loss"] = objectives.gan.d_loss(parallel_d, x_real, x_fake, c)
             if objectives.r1 is not None:
-                losses["d_loss"] = losses["d_loss"] + objectives.r1.weight * objectives.r1(D, x_real, c)
+                r1 = objectives.r1(parallel_d, x_real, c)
+                losses["d_loss"] = losses["d_loss"] + objectives.r1.weight * r1
         _update(nets.opt_d, losses["d_loss"])
         if objectives.mgan is not None:
+            parallel_c = nets.parallel.get("C", nets.C)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                losses["c_loss"] = objectives.mgan(nets.C, x_fake, G.component(z))
+                losses["c_loss"] = objectives.mgan(parallel_c, x_fake, G.component(z))
             _update(nets.opt_c, losses["c_loss"])
 
     z, c = latents()
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        x_fake = G(z, c)
+        x_fake = parallel_g(z, c)
         losses["g_loss"] = objectives.gan.g_loss(D, x_fake, c)
         if objectives.mgan is not None:
             term = objectives.mgan(nets.C, x_fake, G.component(z))
