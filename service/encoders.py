@@ -16,7 +16,7 @@ from service.batcher import Batcher, Feeds
 from service.files import sha256_file
 from service.manifest import Manifest, SignatureError, check_signature, gate_problem
 from service.metrics import Metrics, ModelObserver
-from service.runtime import CUDA, SessionInfo, intra_op_threads, open_session
+from service.runtime import CUDA, RuntimeConfig, SessionInfo, intra_op_threads, open_session
 from service.settings import Settings
 
 log = logging.getLogger("service.encoders")
@@ -38,7 +38,7 @@ class ReadyEncoder:
 
 def run_encoder(session: SessionInfo, feeds: Feeds) -> np.ndarray:
     """One array per batch for the batcher: z, then the logits (conditional models) beside it."""
-    outputs = [np.asarray(a, dtype=np.float32) for a in session.session.run(None, feeds)]
+    outputs = [np.asarray(a, dtype=np.float32) for a in session.run(feeds)]
     return outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=1)
 
 
@@ -61,8 +61,9 @@ def open_encoder(path: Path, manifest: Manifest, settings: Settings) -> SessionI
     threads = intra_op_threads(settings.intra_op_threads, settings.runners)
     try:
         session = open_session(
-            file, settings.device, threads, settings.inter_op_threads, settings.ort_spinning
-        )
+            file, settings.device, threads, settings.inter_op_threads, settings.ort_spinning,
+            RuntimeConfig.of(settings, settings.max_batch_rows),
+        )  # fmt: skip
     except Exception as error:  # onnxruntime raises its own exception types for corrupt graphs
         raise EncoderError(f"ONNX Runtime cannot load {spec.file}: {str(error).splitlines()[0]}") from None
     try:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 BUNDLED_MODELS = Path(__file__).resolve().parents[1] / "models"
 
@@ -102,6 +102,37 @@ class Settings(BaseSettings):
         False,
         description="let ORT's idle intra-op threads spin: faster back-to-back runs, but a spinning core starves the event loop",
     )
+    cuda_devices: Annotated[tuple[int, ...], NoDecode] = Field(
+        (0,),
+        description="GPU ids (comma-separated): one session per GPU per model version, batches go to the least busy",
+    )
+    cuda_arena_extend_strategy: Literal["kSameAsRequested", "kNextPowerOfTwo"] = Field(
+        "kSameAsRequested",
+        description="how the CUDA memory arena grows: by what a run asks for, or in powers of two",
+    )
+    cuda_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = Field(
+        "EXHAUSTIVE",
+        description="cuDNN convolution algorithm search, once per batch shape (the buckets: at load)",
+    )
+    cuda_copy_in_default_stream: bool = Field(
+        True, description="CUDA copies on the compute stream (false: a separate stream; ORT warns of races)"
+    )
+    cuda_graphs: bool = Field(
+        False,
+        description="capture one CUDA graph per batch bucket and replay it (needs buckets and IOBinding)",
+    )
+    cuda_strict: bool = Field(
+        True,
+        description="GAN_DEVICE=cuda: a graph with any node that would run on the CPU fails to load, naming the nodes",
+    )
+    batch_buckets: str = Field(
+        "auto",
+        pattern=r"^(auto|off|[1-9][0-9]*(,[1-9][0-9]*)*)$",
+        description="batch shapes: auto (CUDA: pad to the next power of two; CPU: off), off, or ascending sizes 1,2,4,8",
+    )
+    io_binding: Literal["auto", "on", "off"] = Field(
+        "auto", description="IOBinding with per-bucket output buffers: auto (CUDA only), on, off"
+    )
     fast_path: bool = Field(
         True,
         description="answer POST /generate without FastAPI's routing layers (same handler, same answers)",
@@ -115,6 +146,33 @@ class Settings(BaseSettings):
         "warn", description="enforce: a model without metrics or failing a gate is not served; warn: log it"
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("cuda_devices", mode="before")
+    @classmethod
+    def _device_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = tuple(int(v) for v in value.split(","))
+            except ValueError:
+                raise ValueError(f"GAN_CUDA_DEVICES must be GPU ids like 0 or 0,1; got {value!r}") from None
+        if not value or len(set(value)) != len(value) or min(value) < 0:
+            raise ValueError(f"GAN_CUDA_DEVICES must list distinct GPU ids >= 0; got {value!r}")
+        return value
+
+    @field_validator("batch_buckets")
+    @classmethod
+    def _ascending(cls, value: str) -> str:
+        if value not in ("auto", "off"):
+            sizes = [int(v) for v in value.split(",")]
+            if sizes != sorted(set(sizes)):
+                raise ValueError(f"GAN_BATCH_BUCKETS must be ascending distinct sizes; got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _cuda_graphs_need_fixed_buffers(self) -> Settings:
+        if self.cuda_graphs and "off" in (self.batch_buckets, self.io_binding):
+            raise ValueError("GAN_CUDA_GRAPHS needs GAN_BATCH_BUCKETS and GAN_IO_BINDING (not off)")
+        return self
 
     @model_validator(mode="after")
     def _requests_fit_the_queue(self) -> Settings:

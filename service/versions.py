@@ -18,7 +18,7 @@ from typing import Literal
 
 import numpy as np
 
-from service.batcher import Batcher, Feeds
+from service.batcher import BACKGROUND_BATCH_ROWS, Batcher, Feeds
 from service.encoders import ReadyEncoder, prepare_encoder, start_encoder
 from service.files import sha256_file
 from service.manifest import (
@@ -33,7 +33,7 @@ from service.manifest import (
     load_manifest,
 )
 from service.metrics import Metrics, ModelObserver
-from service.runtime import CUDA, SessionInfo, intra_op_threads, open_session
+from service.runtime import CUDA, RuntimeConfig, SessionInfo, intra_op_threads, open_session
 from service.settings import Settings
 
 log = logging.getLogger("service.versions")
@@ -115,8 +115,8 @@ ModelVersion = ReadyModel | FailedModel
 
 
 def infer(session: SessionInfo, feeds: Feeds) -> np.ndarray:
-    (x,) = session.session.run(["x"], feeds)
-    return np.asarray(x)
+    (x,) = session.run(feeds, ["x"])
+    return x
 
 
 def check_graph(session: SessionInfo, manifest: Manifest) -> None:
@@ -173,6 +173,7 @@ def open_graph(path: Path, settings: Settings) -> SessionInfo:
             intra_op_threads(settings.intra_op_threads, settings.runners),
             settings.inter_op_threads,
             settings.ort_spinning,
+            RuntimeConfig.of(settings, max(settings.max_batch_rows, BACKGROUND_BATCH_ROWS)),
         )
     except Exception as error:  # onnxruntime raises its own exception types for corrupt graphs
         raise LoadError(f"ONNX Runtime cannot load the graph: {str(error).splitlines()[0]}") from None
@@ -233,7 +234,7 @@ def start_version(
         initial_rows_per_s=prepared.rows_per_s,
         observer=ModelObserver(metrics, found.name),
         name=f"{found.name}:{found.version}",
-        runners=settings.runners,
+        runners=max(settings.runners, session.devices),  # at least one batch in flight per GPU
         inline_rows=settings.inline_rows,
         background_nice=settings.dataset_nice,
     )
