@@ -16,9 +16,11 @@ import uvicorn
 from pydantic import ValidationError
 
 from service.auth import ApiKeyError
+from service.logs import configure_logging
 from service.main import create_app
 from service.settings import Settings
 from service.state import AppState
+from service.tracing import TracingError
 
 log = logging.getLogger("service")
 
@@ -62,16 +64,14 @@ def main() -> None:
         settings = Settings()
     except ValidationError as error:
         sys.exit(f"invalid GAN_* settings: {error}")
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings)  # GAN_LOG_FORMAT lines, uvicorn's too (log_config=None below)
     try:
         app = create_app(settings)
-    except ApiKeyError as error:
+    except (ApiKeyError, TracingError) as error:
         sys.exit(str(error))
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level,
-        timeout_graceful_shutdown=5, access_log=False,
+        timeout_graceful_shutdown=5, access_log=False, log_config=None,
     )  # fmt: skip
     DrainingServer(config, app.state.gan).run()
 

@@ -30,6 +30,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+from opentelemetry.trace import Span
+
+from service import tracing
 
 Feeds = dict[str, np.ndarray]
 
@@ -84,6 +87,7 @@ class _Request:
     pending: int = 0  # rows not yet computed
     out: np.ndarray | None = field(default=None, repr=False)
     background: bool = False
+    span: Span | None = field(default=None, repr=False)  # the request's span, where tracing is on
 
 
 BACKGROUND_BATCH_ROWS = 512  # rows a background batch takes (at least max_batch_rows)
@@ -115,8 +119,10 @@ class Batcher:
         background_runners: int | None = None,
         background_nice: int = 19,
         background_batch_rows: int | None = None,
+        provider: str = "",
     ) -> None:
         self._infer = infer
+        self.name, self.provider = name, provider  # as the batch spans name them
         self.max_batch_rows, self.max_wait_s, self.max_queue_rows = max_batch_rows, max_wait_s, max_queue_rows
         self._observer = observer or _NullObserver()
         self._queue: deque[_Request] = deque()
@@ -185,7 +191,10 @@ class Batcher:
             raise QueueFull(self._queued_rows, self.retry_after_s(n))
         now = time.monotonic()
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        request = _Request(feeds, n, future, now, now + timeout_s, pending=n, background=background)
+        span = None if background else tracing.request_span()
+        request = _Request(
+            feeds, n, future, now, now + timeout_s, pending=n, background=background, span=span
+        )
         self._idle.clear()
         if background:
             self._background.append(request)
@@ -308,6 +317,7 @@ class Batcher:
             names = chunks[0][0].feeds.keys()
             feeds = {k: np.concatenate([r.feeds[k][a:b] for r, a, b in chunks]) for k in names}
             rows = sum(b - a for _, a, b in chunks)
+            batch = self._batch_span(chunks, rows)  # None unless tracing is on
             started = time.perf_counter()
             try:
                 idle = len(self._inflight) == 1 and not self._queue and not self._background
@@ -324,6 +334,7 @@ class Batcher:
                 failure = (
                     error if isinstance(error, BatchFailed) else BatchFailed(f"inference failed: {error}")
                 )
+                tracing.end_batch(batch, time.perf_counter() - started, failure)
                 for request, _, _ in chunks:
                     if not request.future.done():
                         request.future.set_exception(failure)
@@ -332,6 +343,7 @@ class Batcher:
             # Not in a `finally`: on cancellation close() still needs the in-flight list to fail it.
             self._inflight.remove(chunks)
             seconds = time.perf_counter() - started
+            tracing.end_batch(batch, seconds)
             if not background:  # the interactive lane's figures: background batches run at low priority
                 self._observer.batch(rows, seconds)
                 rate = self.runners * rows / max(seconds, 1e-6)  # all runners drain at about this rate
@@ -350,6 +362,14 @@ class Batcher:
             (self._background_slots if background else self._slots).release()
             if self._quiet():
                 self._idle.set()
+
+    def _batch_span(self, chunks: Chunks, rows: int) -> Span | None:
+        """The batch's span, linked to its traced requests' spans (those with a span are interactive)."""
+        spans = [r.span for r, _, _ in chunks if r.span is not None and not r.future.done()]
+        if not spans:
+            return None
+        wait_s = time.monotonic() - min(r.enqueued_at for r, _, _ in chunks)
+        return tracing.start_batch(self.name, spans, len(chunks), rows, self.provider, wait_s)
 
     def _fail_background(self, error: Exception) -> None:
         for request in self._background:

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
+from service import tracing
 from service.editing import edit_plan
 from service.errors import problem_response
 from service.images import ImageError, from_base64
@@ -106,6 +107,7 @@ async def edit(request: Request, state: StateDep) -> Response:
         model = state.repository.get(body.model, body.version)
         z, classes = await encode_images(model, images, body.labels, body.resize, "images", request, state)
         plan = edit_plan(z, classes, body.edit, model.manifest)
+        tracing.annotate(model.name, model.version, plan.rows, body.format)
         x = await run_model(model, plan.feeds, plan.rows, request, state)
         assert model.encoder is not None  # encode_images refuses a model without one
         extra: dict[str, Any] = {

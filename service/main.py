@@ -12,13 +12,15 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from service import tracing
 from service.auth import admin_ring, key_ring
 from service.datasets.routes import router as datasets_router
 from service.datasets.runner import DatasetJobs
 from service.edit_route import router as edit_router
 from service.errors import install_error_handlers
 from service.fastpath import FastGenerate
-from service.gate import PROBES, Gate
+from service.gate import PROBES, Gate, endpoint_label
+from service.logs import RequestId, current_request_id
 from service.metrics import Metrics
 from service.playground import install_playground
 from service.protocols.v2 import router as v2_router
@@ -57,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = Metrics()
     state = AppState(settings, metrics, Repository(settings, metrics))
     datasets = DatasetJobs(state)
+    tracer_provider = tracing.configure()  # None: tracing off (no OTEL_* variables ask for it)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -88,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await datasets.close()  # before the batchers close: a job stops, and resumes at the next start
             await state.control.close()
             await state.repository.close()
+            tracing.flush()
 
     app = FastAPI(
         title="GAN generator service",
@@ -96,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # /docs comes from service.playground, with vendored assets; no /redoc
         redoc_url=None,
+        telemetry=tracing.fastapi_telemetry(tracer_provider),  # its server span per request, or nothing
     )
     app.state.gan = state
     app.state.datasets = datasets
@@ -109,6 +114,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app, state)
     fast = FastGenerate(app, state) if settings.fast_path else None
     app.add_middleware(Gate, state=state, keys=keys, fast=fast, admin=admin)
+    # The last added runs first: the request id, then the trace headers, then the gate.
+    if tracer_provider is not None:
+        app.add_middleware(tracing.TraceHeaders, label=endpoint_label, request_id=current_request_id)
+    app.add_middleware(RequestId, access_log=settings.access_log)
     if keys is not None:
         log.info("API keys required (%d accepted) on all but %s and the page", len(keys), sorted(PROBES))
     log.info("model control (/v2/repository): %s", "on, with GAN_ADMIN_KEY" if admin else "off")

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service import plans
+from service import plans, tracing
 from service.editing import variations_plan
 from service.errors import ApiError, problem_response
 from service.images import from_base64
@@ -73,6 +73,7 @@ async def generate(body: GenerateRequest, request: Request, state: StateDep) -> 
         model = state.repository.get(body.model, body.version)
         seed = plans.chosen_seed(body.seed)
         plan = await offload(body.n, plans.generate_plan, body, model.manifest, state.settings, seed)
+        tracing.annotate(model.name, model.version, plan.rows, body.format)
         x = await run_model(model, plan.feeds, plan.rows, request, state)
         return await samples_response(
             x, body.format, model, plan, body.truncation, png_provenance=state.settings.png_provenance
@@ -87,6 +88,7 @@ async def interpolate(body: InterpolateRequest, request: Request, state: StateDe
     try:
         model = state.repository.get(body.model, body.version)
         plan = plans.interpolate_plan(body, model.manifest, state.settings)
+        tracing.annotate(model.name, model.version, plan.rows, body.format)
         x = await run_model(model, plan.feeds, plan.rows, request, state)
         return await samples_response(
             x, body.format, model, plan, png_provenance=state.settings.png_provenance
@@ -118,6 +120,7 @@ async def augment(body: AugmentRequest, request: Request, state: StateDep) -> Re
         else:
             rows = min(body.limit or state.settings.max_page_rows, state.settings.max_page_rows)
             plan = await offload(rows, plans.augment_plan, body, model.manifest, state.settings, seed)
+        tracing.annotate(model.name, model.version, plan.rows, body.format)
         x = await run_model(model, plan.feeds, plan.rows, request, state)
         return await samples_response(
             x, body.format, model, plan, png_provenance=state.settings.png_provenance

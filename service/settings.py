@@ -146,6 +146,13 @@ class Settings(BaseSettings):
         "warn", description="enforce: a model without metrics or failing a gate is not served; warn: log it"
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = Field(
+        "json",
+        description="log lines as JSON objects (time, level, logger, message, request_id, trace_id) or text",
+    )
+    access_log: bool = Field(
+        True, description="one log line per HTTP request (method, path, status, ms; at info level)"
+    )
 
     @field_validator("cuda_devices", mode="before")
     @classmethod

@@ -25,6 +25,7 @@ from typing import Any
 import grpc
 from tritonclient.grpc import service_pb2 as pb
 
+from service import tracing
 from service.auth import KeyRing
 from service.errors import ApiError
 from service.inference import run_model
@@ -90,6 +91,7 @@ class InferenceService:
         parsed = read_infer_request(request)
         planned = await plan_inference(parsed, model, self.state.settings, raw=True)
         plan = planned.plan
+        tracing.annotate(model.name, model.version, plan.rows, "grpc")
         x = await run_model(model, plan.feeds, plan.rows, rpc_request(context), self.state)
         served = served_x(x, planned.datatype)
         parameters = response_parameters(model, plan, planned.truncation)

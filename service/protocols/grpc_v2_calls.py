@@ -17,8 +17,10 @@ from typing import Any
 import grpc
 from fastapi import Request
 
+from service import tracing
 from service.auth import KeyRing, presented_key
 from service.gate import CONTROL_OFF, NOT_ADMIN, UNAUTHORIZED
+from service.logs import rpc_request_id
 from service.protocols.v2_errors import counted_problem, message
 from service.routes import model_label
 from service.state import AppState
@@ -113,7 +115,12 @@ class Calls:
             try:
                 try:
                     self.admit(method, context)
-                    with self.state.repository.holding():
+                    metadata = context.invocation_metadata()  # x-request-id and traceparent, where sent
+                    with (
+                        self.state.repository.holding(),
+                        rpc_request_id(metadata),
+                        tracing.rpc_span(method, metadata),
+                    ):
                         response, model = await handler(request, context)
                     return response
                 except asyncio.CancelledError:

@@ -22,6 +22,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from service import tracing
 from service.inference import run_model
 from service.offload import offload
 from service.protocols import v2_metadata, v2_tensors
@@ -64,6 +65,7 @@ async def infer_response(name: str, version: str | None, request: Request, state
             parsed = v2_tensors.read_request(body, header_length)
         planned = await plan_inference(parsed, model, state.settings)
         plan = planned.plan
+        tracing.annotate(model.name, model.version, plan.rows, "v2-binary" if planned.binary else "v2-json")
         x = await run_model(model, plan.feeds, plan.rows, request, state)
         head: dict[str, Any] = {"model_name": model.name, "model_version": str(model.version)}
         head |= ({"id": parsed.header.id} if parsed.header.id is not None else {}) | {
