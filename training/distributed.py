@@ -205,3 +205,24 @@ def data_parallel(module: nn.Module, ranks: Ranks, device: torch.device) -> nn.M
     _global_batch_norm(module, device.type == "cuda")
     device_ids = [device] if device.type == "cuda" else None
     return DistributedDataParallel(module, device_ids=device_ids, forward_sync_buffers=False)
+
+
+def check_replicas(modules: dict[str, nn.Module | None], ranks: Ranks, device: torch.device) -> None:
+    """Fail unless every rank holds the same weights and buffers (compared by their float64 sums and sums
+    of squares): the guard on the claims that let DDP skip sending buffers. Every rank must call it."""
+    if not ranks.distributed:
+        return
+    names, stats = [], []
+    for part, module in modules.items():
+        for key, tensor in (module.state_dict() if module is not None else {}).items():
+            if tensor.is_floating_point():
+                values = tensor.detach().double()
+                names.append(f"{part}.{key}")
+                stats.append(torch.stack([values.sum(), values.square().sum()]))
+    low = torch.stack(stats).to(device)
+    high = low.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    differ = [name for name, row in zip(names, low != high, strict=True) if bool(row.any())]
+    if differ:
+        raise RuntimeError(f"the ranks' replicas differ in {', '.join(differ[:5])}: the run cannot continue")

@@ -29,7 +29,14 @@ from training.checkpoint import (
 from training.config import TrainConfig
 from training.data import BUILTIN, DataSpec, FakeSource, Source, builtin_spec, make_source
 from training.device import cpu_threads, pick_device, runs_on, use_bf16
-from training.distributed import Ranks, any_rank, check_batch, mean_over_ranks, process_group
+from training.distributed import (
+    Ranks,
+    any_rank,
+    check_batch,
+    check_replicas,
+    mean_over_ranks,
+    process_group,
+)
 from training.losses import make_objectives
 from training.networks import NetSpec
 from training.preview import preview_latents, write_preview
@@ -214,6 +221,8 @@ def _train(
             record.wall_time_s += time.perf_counter() - started
             log.step(record, losses)
             stopping = any_rank(stop.requested, ranks, device)
+            if record.step % cfg.checkpoint_every == 0:
+                check_replicas(nets.modules(), ranks, device)
             if not ranks.leader:
                 continue
             if record.step % cfg.sample_every == 0 or record.step == cfg.steps:
@@ -223,6 +232,7 @@ def _train(
                 write_checkpoint(ckpt_path, cfg, spec, source.spec, nets, record, latents, dry_run)
 
     # Step 6. The final checkpoint: the resume state, and the input of `export`.
+    check_replicas(nets.modules(), ranks, device)
     if ranks.leader:
         write_checkpoint(ckpt_path, cfg, spec, source.spec, nets, record, latents, dry_run)
     if stopping:

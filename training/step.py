@@ -77,6 +77,10 @@ class Nets:
         nets = {"G": self.G, "D": self.D, "G_ema": G_ema}
         return nets | {"opt_g": self.opt_g, "opt_d": self.opt_d, "C": self.C, "opt_c": self.opt_c}
 
+    def modules(self) -> dict[str, nn.Module | None]:
+        """The networks (not the optimisers), under their checkpoint keys."""
+        return {key: part for key, part in self.parts().items() if not key.startswith("opt_")}
+
     def state_dict(self) -> dict[str, Any]:
         return {key: part.state_dict() if part is not None else None for key, part in self.parts().items()}
 
