@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc.aio as triton_aio
+import yaml
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -264,3 +266,15 @@ asyncio.run(main())
         "middleware: ['RequestId', 'Gate']",
         "sdk: []",
     ]
+
+
+def test_compose_sends_the_services_traces_to_its_trace_backend() -> None:
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    backend = services["jaeger"]
+    assert re.fullmatch(r"jaegertracing/all-in-one:\d+\.\d+\.\d+", backend["image"])  # a pinned tag
+    assert backend["environment"]["COLLECTOR_OTLP_ENABLED"] == "true" and "16686:16686" in backend["ports"]
+    for name in ("service", "service-gpu"):
+        env = services[name]["environment"]
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"  # OTLP/HTTP, the exporter we ship
+        assert tracing.wanted_exporters(env) == ("otlp",)
+        assert "jaeger" in services[name]["depends_on"]
