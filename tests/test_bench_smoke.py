@@ -172,3 +172,36 @@ def test_datasets_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[
     latency = report["latency"]
     assert latency["idle"][0]["ok"] > 0 and latency["during_job"][0]["ok"] > 0 and latency["p99_ratio"] > 0
     assert "x raw" in capsys.readouterr().out
+
+
+def test_gpu_check_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """bench.gpu_check on the CPU, tiny: training, export, node placement, the served sweep, batch invariance
+    and the memory soak all run (buckets and IOBinding forced on); only CUDA itself is left out."""
+    from bench.gpu_check import main as gpu_check
+
+    out = tmp_path / "gpu.json"
+    assert gpu_check(["--device", "cpu", "--tiny", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    (trained,) = report["training"]
+    assert trained["size"] == 8 and trained["images_per_s"] > 0
+    placement = report["placement"]
+    assert placement["ok"] and placement["nodes"] > 0
+    assert placement["by_provider"] == {"CPUExecutionProvider": placement["nodes"]}
+    service = report["service"]
+    assert service["provider"] == "CPUExecutionProvider" and service["invariance"]["ok"]
+    assert all(p["errors"] == 0 and p["images_per_s"] > 0 for p in service["sweep"])
+    assert len(service["soak"]["memory_mib"]) == 3 and report["failures"] == []
+    assert "every check passed" in capsys.readouterr().out
+
+
+def test_gpu_check_refuses_a_machine_without_cuda(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import onnxruntime as ort
+
+    from bench import gpu_check
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setattr(gpu_check, "torch_cuda", lambda: {"torch": None, "cuda": False})
+    assert gpu_check.main(["--device", "cuda"]) == 2
+    assert "no CUDA device to check: this ONNX Runtime has no CUDA provider" in capsys.readouterr().err
