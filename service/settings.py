@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     max_queue_rows: int = Field(4096, ge=1, description="rows waiting per model version before 429")
     request_timeout_s: float = Field(30.0, gt=0, le=3600, description="deadline from arrival to compute")
     drain_timeout_s: float = Field(20.0, ge=0, le=3600, description="how long SIGTERM waits for queued work")
+    drain_grace_s: float = Field(
+        5.0,
+        ge=0,
+        le=3600,
+        description="after SIGTERM, how long open connections keep being answered (503 + Retry-After + Connection: close) before idle ones are closed; ends once none is open; at most GAN_DRAIN_TIMEOUT_S",
+    )
 
     max_n: int = Field(1024, ge=1, le=65536, description="samples per /generate request")
     max_steps: int = Field(256, ge=2, le=65536, description="points per /interpolate path")
@@ -136,6 +142,18 @@ class Settings(BaseSettings):
     fast_path: bool = Field(
         True,
         description="answer POST /generate without FastAPI's routing layers (same handler, same answers)",
+    )
+    monitor_window: int = Field(
+        512,
+        ge=128,
+        le=2048,
+        description="served rows per model version in the output monitor's rolling window (drift and diversity gauges)",
+    )
+    monitor_sample: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="fraction of the counted served rows the output monitor sketches (0: monitoring off)",
     )
     warmup_rows: int = Field(8, ge=1, le=4096, description="rows in the warm-up batch at load")
     png_provenance: bool = Field(
