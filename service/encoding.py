@@ -6,11 +6,11 @@ import base64
 import functools
 import importlib.metadata
 import io
+import struct
+import zlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 
 
 def to_uint8_nhwc(x: np.ndarray) -> np.ndarray:
@@ -73,31 +73,48 @@ def sample_provenance(
     return text | {f"gan:{key}": value for key, value in more.items()}
 
 
-def png_info(provenance: Mapping[str, str]) -> PngInfo:
-    """The XMP packet, then `Software` (unless given) and the provenance in its order as tEXt (iTXt where a
-    value is not Latin-1)."""
-    info = PngInfo()
-    info.add(b"iTXt", _XMP_ITXT)
-    for key, value in ({"Software": SOFTWARE} | dict(provenance)).items():
-        info.add_text(key, value)
-    return info
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
+
+
+def _text_chunk(key: str, value: str) -> bytes:
+    """tEXt where the value is Latin-1 (as PIL's PngInfo.add_text writes it), else uncompressed iTXt."""
+    keyword = key.encode("latin-1")
+    try:
+        return _chunk(b"tEXt", keyword + b"\0" + value.encode("latin-1"))
+    except UnicodeEncodeError:
+        return _chunk(b"iTXt", keyword + b"\0\0\0\0\0" + value.encode("utf-8"))
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_COMPRESS_LEVEL = 1  # zlib level: 6 or 9 save about 2 % of a 28 x 28 file and cost 10-40 % more CPU
+_IEND = _chunk(b"IEND", b"")
+_XMP_CHUNK = _chunk(b"iTXt", _XMP_ITXT)
 
 
 def png_bytes(image: np.ndarray, provenance: Mapping[str, str] | None = None) -> bytes:
-    """One (H, W, C) uint8 image as PNG; grey for C = 1, RGB for C = 3.
+    """One (H, W, C) uint8 image as an 8-bit PNG; grey for C = 1, RGB for C = 3.
 
     With `provenance` (e.g. `sample_provenance(...)`; an empty mapping writes only `Software` and the XMP),
-    its text chunks and the XMP packet go before IDAT; None: a bare PNG. The pixels are the same either way.
+    the XMP packet right after IHDR, then `Software` (unless given) and the provenance in its order, all before
+    IDAT; None: a bare PNG. The pixels are the same either way.
+
+    Written here rather than through PIL: for the small images a generator makes, PIL's per-call overhead and
+    its adaptive row filters cost 3-4x the whole file (bench/png_provenance.py measures both). Every row uses
+    filter 0 (none) and one zlib stream; any PNG reader decodes it (tests read it back with PIL).
     """
-    buffer = io.BytesIO()
-    mode = "L" if image.shape[2] == 1 else "RGB"
-    Image.fromarray(image[:, :, 0] if mode == "L" else image, mode).save(
-        buffer,
-        format="PNG",
-        compress_level=1,
-        pnginfo=None if provenance is None else png_info(provenance),
-    )
-    return buffer.getvalue()
+    height, width, channels = image.shape
+    if channels not in (1, 3) or image.dtype != np.uint8:
+        raise ValueError(f"png_bytes takes (H, W, 1 or 3) uint8, got {image.shape} {image.dtype}")
+    rows = np.zeros((height, width * channels + 1), dtype=np.uint8)  # a leading 0 per row: filter "none"
+    rows[:, 1:] = image.reshape(height, width * channels)
+    header = struct.pack(">IIBBBBB", width, height, 8, 0 if channels == 1 else 2, 0, 0, 0)
+    parts = [PNG_SIGNATURE, _chunk(b"IHDR", header)]
+    if provenance is not None:
+        parts.append(_XMP_CHUNK)
+        parts.extend(_text_chunk(k, v) for k, v in ({"Software": SOFTWARE} | dict(provenance)).items())
+    parts += [_chunk(b"IDAT", zlib.compress(rows.tobytes(), PNG_COMPRESS_LEVEL)), _IEND]
+    return b"".join(parts)
 
 
 def png_base64(images: np.ndarray, provenance: Sequence[Mapping[str, str]] | None = None) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 MAX_SEED = (1 << 63) - 1
@@ -14,7 +16,7 @@ def sample_latent(seed: int, index: int, z_dim: int, truncation: float | None = 
     With a truncation threshold t, coordinates with |z| > t are redrawn from the same stream until they
     fit: a truncated normal that is still a pure function of (seed, index, z_dim, t).
     """
-    rng = np.random.Generator(np.random.Philox(key=(seed << 64) | index))
+    rng = _stream(seed, index)
     z = rng.standard_normal(z_dim)
     if truncation is not None:
         outside = np.abs(z) > truncation
@@ -23,6 +25,27 @@ def sample_latent(seed: int, index: int, z_dim: int, truncation: float | None = 
             outside = np.abs(z) > truncation
     out: np.ndarray = z.astype(np.float32)
     return out
+
+
+_streams = threading.local()  # one re-keyed Philox per thread: building a Generator per row cost 4x its draw
+
+
+def _stream(seed: int, index: int) -> np.random.Generator:
+    """The generator of `np.random.Generator(np.random.Philox(key=(seed << 64) | index))`, at its start.
+
+    Re-keying one Philox through its state (key words low first, counter and buffers reset) gives the same
+    stream as constructing it, for a quarter of the CPU; tests/test_latents.py checks the two agree.
+    """
+    cached = getattr(_streams, "philox", None)
+    if cached is None:
+        bit_generator = np.random.Philox(0)
+        cached = _streams.philox = (bit_generator, np.random.Generator(bit_generator), bit_generator.state)
+    bit_generator, generator, state = cached
+    state["state"]["key"] = np.array([index, seed], dtype=np.uint64)
+    state["state"]["counter"] = np.zeros(4, dtype=np.uint64)
+    state["buffer_pos"], state["has_uint32"], state["uinteger"] = 4, 0, 0
+    bit_generator.state = state
+    return generator
 
 
 def latents(seed: int, start: int, n: int, z_dim: int, truncation: float | None = None) -> np.ndarray:

@@ -32,6 +32,20 @@ def test_truncation_is_bounded_and_deterministic(t: float) -> None:
     )  # rows already inside are kept
 
 
+@pytest.mark.parametrize("truncation", [None, 0.7])
+def test_the_rekeyed_stream_is_the_constructed_one(truncation: float | None) -> None:
+    """sample_latent re-keys one Philox per thread; the values are those of a Philox built for (seed, index)."""
+    for seed, index in [(0, 0), (7, 3), (2**40 + 1, 2**33), ((1 << 63) - 1, (1 << 62) - 1)]:
+        rng = np.random.Generator(np.random.Philox(key=(seed << 64) | index))
+        z = rng.standard_normal(24)
+        if truncation is not None:
+            while (outside := np.abs(z) > truncation).any():
+                z[outside] = rng.standard_normal(int(outside.sum()))
+        np.testing.assert_array_equal(sample_latent(seed, index, 24, truncation), z.astype(np.float32))
+    sample_latent(5, 5, 8)  # a stream left part-used (buffered words) must not leak into the next one
+    np.testing.assert_array_equal(sample_latent(7, 3, 3), latents(7, 3, 1, 3)[0])
+
+
 def test_large_seeds_and_indices() -> None:
     big = sample_latent((1 << 63) - 1, (1 << 62) - 1, 4)
     assert big.shape == (4,) and np.isfinite(big).all()
