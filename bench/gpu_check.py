@@ -32,10 +32,13 @@ import onnxruntime as ort
 import psutil
 
 from bench.load import ROOT, closed_loop, running_service
+from bench.raw_ort import timed_runs
 from service.placement import node_placements
+from service.runner import zero_feeds
 from service.runtime import CPU, CUDA, RuntimeConfig, open_session, requested_providers
 
 NAME = "gpu-check"
+BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 FLAT_MIB = 8.0  # growth after the first soak round that still counts as flat (nvidia-smi's granularity)
 
 
@@ -149,10 +152,33 @@ def placement(model: Path, device: str) -> dict[str, Any]:
             "ok": not off and strict == wanted}  # fmt: skip
 
 
+def runner_vs_run(model: Path, device: str, batches: list[int], seconds: float) -> list[dict[str, Any]]:
+    """Rows/s of plain session.run, of IOBinding alone, and of the service's runner (buckets + IOBinding) on
+    one session, at batch sizes that are not all buckets (so the padding is paid where it is paid)."""
+    provider = "auto" if device == "cuda" else "cpu"
+    ways = {
+        "run": RuntimeConfig(buckets="off", io_binding="off"),
+        "binding": RuntimeConfig(buckets="off", io_binding="on"),
+        "runner": RuntimeConfig(buckets=",".join(map(str, BUCKETS)), io_binding="on"),
+    }
+    sessions = {k: open_session(model, provider, 1, config=c) for k, c in ways.items()}
+    rows = []
+    for batch in batches:
+        feeds = zero_feeds(sessions["run"].session, batch)
+        seconds_per = {k: timed_runs(lambda f=feeds, s=s: s.run(f), seconds) for k, s in sessions.items()}
+        row: dict[str, Any] = {"batch": batch}
+        row |= {f"{k}_rows_per_s": round(batch / t, 1) for k, t in seconds_per.items()}
+        row |= {f"{k}_ratio": round(seconds_per["run"] / seconds_per[k], 3) for k in ("binding", "runner")}
+        rows.append(row)
+        print(f"  batch {batch:>4}: session.run {row['run_rows_per_s']:>10} rows/s; IOBinding "
+              f"{row['binding_ratio']}x, buckets + IOBinding {row['runner_ratio']}x", flush=True)  # fmt: skip
+    return rows
+
+
 def server_memory_mib(pid: int, device: str) -> float:
     """The server's GPU memory (nvidia-smi's per-process figure) on CUDA, its RSS on the CPU."""
     if device != "cuda":
-        return round(psutil.Process(pid).memory_info().rss / 2**20, 1)
+        return round(float(psutil.Process(pid).memory_info().rss) / 2**20, 1)
     out = subprocess.run(
         ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
         capture_output=True, text=True, timeout=30, check=True,
@@ -237,8 +263,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--steps", type=int, help="training steps per size (default 300; tiny: 4)")
     parser.add_argument("--sizes", type=int, nargs="+", help="training image sizes (default 64 128; tiny: 8)")
+    parser.add_argument("--compare-only", type=Path, metavar="ONNX", help="only session.run vs the runner")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    if args.compare_only:  # e.g. the CPU figure: --device cpu --compare-only models/fashion-cgan/4/model.onnx
+        rows = runner_vs_run(args.compare_only, args.device, [1, 3, 16, 48, 64], 0.3 if args.tiny else 2.0)
+        if args.json:
+            args.json.write_text(json.dumps({"device": args.device, "runner_vs_run": rows}, indent=2) + "\n")
+        return 0
     tiny = args.tiny
     steps = args.steps or (4 if tiny else 300)
     sizes = args.sizes or ([8] if tiny else [64, 128])
@@ -271,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(found, indent=2))
         if not found["ok"]:
             failures.append("some nodes do not run on the device, or the strict session was refused")
+        print("== session.run against the runner (buckets + IOBinding), one session", flush=True)
+        report["runner_vs_run"] = runner_vs_run(
+            model, args.device, [1, 3, 48] if tiny else [1, 3, 16, 48, 64, 200], 0.1 if tiny else 1.0
+        )
         max_n = 8 if tiny else 256
         buckets = {"GAN_BATCH_BUCKETS": "1,2,4,8", "GAN_IO_BINDING": "on"} if tiny else {}
         points = [(1, 1), (2, 4)] if tiny else [(1, 1), (1, 64), (8, 16), (32, 1), (32, 64), (64, 16)]

@@ -171,9 +171,10 @@ class Runner:
             if not self.bind:
                 return [np.asarray(a)[:rows] for a in lane.session.run(wanted, feeds)]
             values = self._bound_run(lane, feeds, size)
-            # host copies: a CUDA buffer's numpy() is one device-to-host copy; a CPU buffer is reused by the
-            # next run on this lane, so its rows are copied out before the lane is given back
-            return [values[name].numpy()[:rows].copy() for name in wanted]
+            # one host copy each: a CUDA buffer's numpy() is the device-to-host copy itself; a CPU buffer's
+            # numpy() is a view of memory the next run on this lane overwrites, so its rows are copied out
+            hosts = [values[name].numpy()[:rows] for name in wanted]
+            return [h.copy() for h in hosts] if lane.device == "cpu" else hosts
 
     def _bound_run(self, lane: Lane, feeds: Feeds, size: int) -> dict[str, ort.OrtValue]:
         binding = lane.bindings.get(size) if self.buckets else None

@@ -111,7 +111,7 @@ def test_a_sample_does_not_depend_on_its_batch_with_buckets_and_io_binding(tmp_p
     padded to the buckets, gives each sample the bytes it has alone."""
     models = copy_model(tmp_path, "fashion-cgan")
     base = {"model": "fashion-cgan", "seed": 21, "format": "npy", "labels": 4}
-    requests = [base | {"n": 1 + i % 5, "offset": i} for i in range(24)]
+    requests: list[dict[str, Any]] = [base | {"n": 1 + i % 5, "offset": i} for i in range(24)]
     settings = Settings(
         model_dir=models, max_batch_rows=7, max_wait_ms=5, batch_buckets="1,2,4,8", io_binding="on"
     )
@@ -165,7 +165,7 @@ def test_cuda_sessions_get_exactly_the_configured_provider_options(monkeypatch: 
         cuda_devices="0,1",
         cuda_conv_algo_search="HEURISTIC",
         cuda_copy_in_default_stream=False,
-    )  # type: ignore[arg-type]
+    )
     config = RuntimeConfig.of(settings, max_rows=16)
     assert config == RuntimeConfig(
         (0, 1), "kSameAsRequested", "HEURISTIC", False, False, True, "auto", "auto", 16
