@@ -9,7 +9,9 @@ import torch
 
 from training.config import Architecture, GUpsample, TrainConfig, preset_config
 from training.data import builtin_spec
-from training.networks import DCGAN_SIZES, NetSpec, build_networks
+from training.networks import DCGAN_SIZES, NetSpec, _dcgan_plan, build_networks
+
+BUILT_SIZES = [size for size in sorted(DCGAN_SIZES) if size <= 128]  # larger ones: test_dcgan_plans
 
 
 def spec_of(
@@ -27,7 +29,7 @@ def spec_of(
     return NetSpec(**needed, g_width=g_width, d_width=d_width, **options)
 
 
-@pytest.mark.parametrize("size", DCGAN_SIZES)
+@pytest.mark.parametrize("size", BUILT_SIZES)
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("num_classes", [0, 10])
 def test_dcgan_shapes(size: int, channels: int, num_classes: int) -> None:
@@ -42,7 +44,21 @@ def test_dcgan_shapes(size: int, channels: int, num_classes: int) -> None:
     assert D(x, c).shape == (5,)
 
 
-@pytest.mark.parametrize("out_shape", [(2,), (1, 8, 8), (3, 5, 7)])
+def test_dcgan_plans() -> None:
+    """A 4x4 base doubled to the size (28: 7x7 doubled twice); 8, 28, 32, 64 as they always were."""
+    plans = {size: _dcgan_plan(size) for size in DCGAN_SIZES}
+    assert plans == {28: (7, 2)} | {2**k: (4, k - 2) for k in range(3, 11)}
+
+
+def test_dcgan_128_keeps_the_dcgan_widths() -> None:
+    """128x128 RGB at the presets' widths: G from 16 x ngf channels at 4x4, D up to 16 x ndf before its head."""
+    G, D = build_networks(spec_of("dcgan", "image", (3, 128, 128), 100, 0, 64, 64))
+    assert G.width == 64 * 16 and G.base == 4
+    assert D.head.linear.in_features == 64 * 16 * 4 * 4
+    assert G.blocks[-2].out_channels == 3
+
+
+@pytest.mark.parametrize("out_shape", [(2,), (1, 8, 8), (3, 5, 7), (3, 128, 128)])
 def test_mlp_any_output_shape(out_shape: tuple[int, ...]) -> None:
     kind = "vector" if len(out_shape) == 1 else "image"
     G, D = build_networks(spec_of("mlp", kind, out_shape, 4, 0, 16, 16, d_norm="layer"))
@@ -81,8 +97,9 @@ def test_conditional_generator_depends_on_c() -> None:
 
 
 def test_bad_architectures() -> None:
-    with pytest.raises(ValueError, match="DCGAN image size must be one of"):
-        build_networks(spec_of("dcgan", "image", (1, 16, 16), 8, 0, 8, 8))
+    for size in (4, 24, 48, 2048):
+        with pytest.raises(ValueError, match=f"must be 28 or a power of two from 8 to 1024, got {size}"):
+            build_networks(spec_of("dcgan", "image", (1, size, size), 8, 0, 8, 8))
     with pytest.raises(ValueError, match="DCGAN needs square images"):
         build_networks(spec_of("dcgan", "vector", (2,), 8, 0, 8, 8))
     with pytest.raises(ValueError, match="unknown arch"):
@@ -118,7 +135,7 @@ def test_resize_upsampling_has_no_transposed_convolution() -> None:
         build_networks(spec_of("dcgan", "image", (1, 28, 28), 8, 0, 8, 8, g_upsample="pixelshuffle"))
 
 
-@pytest.mark.parametrize("size", DCGAN_SIZES)
+@pytest.mark.parametrize("size", BUILT_SIZES)
 @pytest.mark.parametrize("d_norm", ["batch", "layer", "none"])
 def test_extra_convs_add_stride_one_layers(size: int, d_norm: str) -> None:
     """SNGAN's standard-CNN pattern: one 3x3 stride-1 conv per D resolution, and G's image from a 3x3 conv."""

@@ -1,4 +1,5 @@
-"""Generators and discriminators: MLP for any output shape, DCGAN for square images of 8, 28, 32, 64 pixels.
+"""Generators and discriminators: MLP for any output shape, DCGAN for square images of 28 pixels or any power
+of two from 8 to 1024 (a 4x4 base doubled once per stage; 28 = 7x7 doubled twice).
 
 Conditional when `num_classes > 0`: G takes `c` as a float vector (one-hot or soft) concatenated to `z`,
 D uses the projection discriminator (Miyato & Koyama 2018): logit = ψ(h) + <embed(c), h>.
@@ -19,7 +20,7 @@ from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 from training.config import Architecture, TrainConfig
 from training.data import DataSpec, Kind
 
-DCGAN_SIZES = (8, 28, 32, 64)
+DCGAN_SIZES = (28, *(2**k for k in range(3, 11)))  # 28 (the MNIST family) and 8, 16, 32, ..., 1024
 AFFINE_INIT_SCALE = 0.02
 
 
@@ -61,7 +62,7 @@ def _init_dcgan(module: nn.Module) -> None:
 def _dcgan_plan(size: int) -> tuple[int, int]:
     """(base resolution, number of 2x up/down-sampling stages) for a DCGAN of this image size."""
     if size not in DCGAN_SIZES:
-        raise ValueError(f"DCGAN image size must be one of {DCGAN_SIZES}, got {size}")
+        raise ValueError(f"DCGAN image size must be 28 or a power of two from 8 to 1024, got {size}")
     base = 7 if size == 28 else 4
     return base, int(math.log2(size // base))
 
