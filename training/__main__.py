@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -60,11 +61,17 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--shots", type=int, nargs="*", default=[10, 50, 500], help="real rows per class")
     u.add_argument("--threads", type=int, help="torch threads (default: torch's)")
 
+    o = commands.add_parser("output-reference", help="add the output monitor's reference statistics to manifests")
+    o.add_argument("--model-dir", required=True, type=Path)
+    o.add_argument("--name", help="default: every model")
+    o.add_argument("--version", type=int, help="default: every version")
+
     v = commands.add_parser("evaluator", help="train and ship an evaluator network (quality metrics)")
     v.add_argument("--data", required=True, choices=("fashion-mnist", "mnist"))
-    v.add_argument("--epochs", type=int, default=3)
-    v.add_argument("--seed", type=int, default=0)
-    v.add_argument("--out", type=Path, help="default: training/evaluators/<data>")
+    v.add_argument("--space", choices=("first", "independent"), default="first", help="which evaluator")
+    v.add_argument("--epochs", type=int, help="default: 3 (first), 6 / 20 (independent, fashion / mnist)")
+    v.add_argument("--seed", type=int, help="default: 0 (first), 1 (independent)")
+    v.add_argument("--out", type=Path, help="default: training/evaluators/<data>[/independent]")
     edit_cli.add_commands(commands)
     return parser
 
@@ -100,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                 cfg, args.run_dir, resume=args.resume, dry_run=args.dry_run, epochs=args.epochs,
                 command=command, progress=not args.no_progress,
             )  # fmt: skip
-            print(f"checkpoint: {path}")
+            if os.environ.get("RANK", "0") == "0":  # under torchrun: rank 0 speaks for the job
+                print(f"checkpoint: {path}")
         elif args.command == "utility":
             import torch
 
@@ -115,12 +123,22 @@ def main(argv: list[str] | None = None) -> int:
             from training.evaluate import evaluate, report
 
             print(report(evaluate(args.model_dir, args.name, args.version, args.seeds, command)))
+        elif args.command == "output-reference":
+            from training.output_reference import add_references
+
+            print("\n".join(add_references(args.model_dir, args.name, args.version, command)))
         elif args.command in edit_cli.VERBS:
             edit_cli.run(args, command)
         elif args.command == "evaluator":
             from training.feature_net import build
+            from training.independent_evaluator import build_independent
 
-            info = build(args.data, args.epochs, args.seed, args.out, command)
+            if args.space == "independent":
+                seed = 1 if args.seed is None else args.seed
+                info = build_independent(args.data, args.epochs, seed, args.out, command)
+            else:
+                seed = 0 if args.seed is None else args.seed
+                info = build(args.data, args.epochs or 3, seed, args.out, command)
             print(
                 f"{args.data} evaluator: test accuracy {info['test_accuracy']:.4f} in {info['wall_time_s']} s"
             )
