@@ -54,16 +54,27 @@ class ModelControl:
         self.unloaded: set[str] = set()  # unloaded by a call: the poll leaves them alone until loaded again
 
     def on_disk(self) -> dict[str, list[VersionDir]]:
+        """The version folders on disk, by model; ControlError when the model directory cannot be read (gone,
+        unreadable, an I/O error): that is a fault to report, not a repository without models to unload."""
         found: dict[str, list[VersionDir]] = {}
-        if self.settings.model_dir.is_dir():
-            for version in version_dirs(self.settings.model_dir):
-                found.setdefault(version.name, []).append(version)
+        try:
+            versions = version_dirs(self.settings.model_dir)
+        except OSError as error:
+            raise ControlError(
+                f"cannot read the model directory {self.settings.model_dir}: {error.strerror or error}"
+            ) from None
+        for version in versions:
+            found.setdefault(version.name, []).append(version)
         return found
 
     def index(self, ready_only: bool = False) -> list[IndexEntry]:
         """Every model on disk or loaded, a row per version (a model unloaded or never loaded: one row)."""
         entries: list[IndexEntry] = []
-        for name in sorted(set(self.on_disk()) | set(self.repository.models)):
+        try:
+            on_disk = self.on_disk()
+        except ControlError:  # the loaded models are still listed, with their state
+            on_disk = {}
+        for name in sorted(set(on_disk) | set(self.repository.models)):
             versions = self.repository.models.get(name)
             if not versions:
                 reason = "unloaded" if name in self.unloaded else "not loaded"
@@ -78,7 +89,11 @@ class ModelControl:
         """(Re)load `name` from disk beside what serves, then swap; ControlError naming each version that failed
         (the others are swapped in all the same, and a serving version whose new files failed keeps serving)."""
         async with self._locks[name]:
-            found = self.on_disk().get(name)
+            try:
+                found = self.on_disk().get(name)
+            except ControlError as error:  # nothing that serves changes
+                self.metrics.model_loads.labels(name, "failed").inc()
+                raise ControlError(f"failed to load '{name}': {error}") from None
             if not found:
                 raise ControlError(
                     f"failed to load '{name}': no version folder <name>/<number>/ under {self.settings.model_dir}"
@@ -158,8 +173,15 @@ class ModelControl:
         log.info("model %s closed (out of service, no request holds it)", model.key)
 
     async def poll(self) -> None:
-        """One look at the model directory: load what is new or changed, unload what is gone."""
-        on_disk = self.on_disk()
+        """One look at the model directory: load what is new or changed, unload what is gone. A directory that
+        cannot be read changes nothing: each loaded model counts a failed load, and the poll tries again."""
+        try:
+            on_disk = self.on_disk()
+        except ControlError as error:
+            log.error("model directory poll: %s (every loaded version keeps serving)", error)
+            for name in self.repository.models:
+                self.metrics.model_loads.labels(name, "failed").inc()
+            return
         for name, found in sorted(on_disk.items()):
             if name in self.unloaded:
                 continue
@@ -174,6 +196,8 @@ class ModelControl:
             log.info("model %s is gone from %s: unloading it", name, self.settings.model_dir)
             with contextlib.suppress(ModelNotFound):
                 await self.unload(name)
+            # gone, not unloaded by a call: the poll loads it again if it comes back
+            self.unloaded.discard(name)
 
     async def poll_forever(self, interval_s: float) -> None:
         while True:

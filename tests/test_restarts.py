@@ -136,23 +136,56 @@ def grpc_client(name: str, target: str, outcomes: Outcomes, deadline: float) -> 
             outcomes.add(name, "grpc OK")
 
 
+def idle_client(url: str, outcomes: Outcomes, signalled: threading.Event) -> None:
+    """A keep-alive client that is idle when SIGTERM comes and sends its next request a moment later, on the
+    same connection: within the drain's grace it gets its 503, not a connection closed under its feet."""
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for wait in (False, True):
+            if wait:
+                signalled.wait(30)
+                time.sleep(0.2)  # the scenario (idle at the signal), not a timing assertion
+            try:
+                response = client.post("/generate", json=BODY)
+            except httpx.TransportError as error:
+                outcomes.add("idle", f"idle: transport error {type(error).__name__}: {error}")
+                return
+            closes = response.headers.get("connection", "").lower() == "close"
+            retry = response.headers.get("retry-after")
+            if response.status_code == 200:
+                outcomes.add("idle", "200")
+            elif response.status_code == 503 and retry and closes:
+                outcomes.add("idle", "idle: 503 Retry-After, Connection: close")
+            else:
+                outcomes.add(
+                    "idle", f"idle: {response.status_code} Retry-After {retry}, Connection: {closes}"
+                )
+            if closes:
+                return
+
+
+def spawn(run: Callable[..., None], *args: object) -> threading.Thread:
+    started = threading.Thread(target=run, args=args, daemon=True)
+    started.start()
+    return started
+
+
 def restart_under_load(replica: Replica, outcomes: Outcomes) -> None:
     """Clients on `replica` until each has been served, then SIGTERM; returns once every client has ended."""
     deadline = time.monotonic() + 30
-    clients: list[tuple[str, Callable[..., None], str]] = [
-        *((f"http{i}", http_client, replica.url) for i in range(HTTP_CLIENTS)),
-        *((f"grpc{i}", grpc_client, replica.grpc_target) for i in range(GRPC_CLIENTS)),
-    ]
+    signalled = threading.Event()
     threads = [
-        threading.Thread(target=run, args=(name, target, outcomes, deadline), daemon=True)
-        for name, run, target in clients
+        *(spawn(http_client, f"http{i}", replica.url, outcomes, deadline) for i in range(HTTP_CLIENTS)),
+        *(
+            spawn(grpc_client, f"grpc{i}", replica.grpc_target, outcomes, deadline)
+            for i in range(GRPC_CLIENTS)
+        ),
+        spawn(idle_client, replica.url, outcomes, signalled),
     ]
-    for thread in threads:
-        thread.start()
     wait_until(
-        lambda: len(outcomes.served) == len(clients), 30, lambda: f"every client served ({outcomes.served})"
+        lambda: len(outcomes.served) == len(threads), 30, lambda: f"every client served ({outcomes.served})"
     )
     replica.process.send_signal(signal.SIGTERM)
+    signalled.set()
     for thread in threads:
         thread.join(timeout=max(0.0, deadline - time.monotonic()))
     assert not any(thread.is_alive() for thread in threads), "a client still running at its deadline"
@@ -190,8 +223,12 @@ def test_twenty_restarts_under_load_answer_every_request(tmp_path: Path) -> None
         "503 Retry-After, Connection: close",
         "grpc OK",
         "grpc UNAVAILABLE draining, retry-after",
+        "idle: 503 Retry-After, Connection: close",
     }
     assert set(totals) <= expected, {k: n for k, n in totals.items() if k not in expected}
     assert totals["503 Retry-After, Connection: close"] > 0
     assert totals["grpc UNAVAILABLE draining, retry-after"] > 0
+    assert (
+        totals["idle: 503 Retry-After, Connection: close"] == RESTARTS
+    )  # each idle connection got its answer
     assert exits == [0] * RESTARTS, [replica.log() for replica in stopped]
