@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import numpy as np
 from fastapi import Request
@@ -12,10 +13,14 @@ from service.batcher import Batcher, Feeds
 from service.editing import encoder_feeds, image_classes, split_encoded
 from service.errors import ClientGone, EditingUnavailable
 from service.images import decode_images
+from service.monitor import ENCODED, counted
+from service.offload import offload
 from service.plans import check_limit
 from service.schemas import Label
 from service.state import AppState
 from service.versions import ReadyModel
+
+log = logging.getLogger("service.inference")
 
 
 async def run_batch(
@@ -38,9 +43,19 @@ async def run_batch(
 async def run_model(
     model: ReadyModel, feeds: Feeds, rows: int, request: Request, state: AppState
 ) -> np.ndarray:
-    """The generator's output for these feeds, counted as samples of the model."""
+    """The generator's output for these feeds, counted as samples of the model and, when they are samples of
+    its distribution (service.monitor.counted), sketched by the output monitor."""
     x = await run_batch(model.batcher, feeds, rows, request, state)
-    state.metrics.samples.labels(model.name).inc(rows)
+    metrics, settings = state.metrics, state.settings
+    metrics.samples.labels(model.name).inc(rows)
+    metrics.queue_capacity.labels(model.name).set(model.batcher.max_queue_rows)
+    if counted(request.scope):
+        monitor = metrics.outputs.monitor(model, settings.monitor_window, settings.monitor_sample)
+        if monitor is not None:
+            try:
+                await offload(rows, monitor.observe, x, feeds.get("c"))
+            except Exception:  # the monitor must never cost a request its answer
+                log.exception("output monitor of %s failed on %d rows", model.key, rows)
     return x
 
 
@@ -56,6 +71,7 @@ async def encode_images(
     """Uploaded images -> (z, class per image): decoded off the event loop, encoded through the batcher."""
     if model.encoder is None:
         raise EditingUnavailable(model.editing_reason)
+    request.scope[ENCODED] = True  # the generator rows that follow are not samples of the prior
     manifest, settings = model.manifest, state.settings
     check_limit(len(images), settings.max_edit_images, field, "GAN_MAX_EDIT_IMAGES")
     known = image_classes(labels, manifest, len(images), field.replace("images", "labels"))

@@ -11,6 +11,7 @@ from typing import Any, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from service.files import atomic_write_bytes
+from service.output_stats import OutputReference
 
 MANIFEST_FILE = "manifest.json"
 ONNX_FILE = "model.onnx"
@@ -177,6 +178,7 @@ class Manifest(BaseModel):
     encoder: Encoder | None = None
     directions: list[Direction] = Field(default_factory=list)
     utility: Utility | None = None
+    output_reference: OutputReference | None = None  # for the service's output monitor (service.monitor)
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Manifest:
@@ -204,6 +206,8 @@ class Manifest(BaseModel):
             if gate.metric not in self.metrics and self.metrics:
                 raise ValueError(f"gate on '{gate.metric}' but metrics has no such entry")
         self._check_editing()
+        if self.output_reference is not None:
+            self.output_reference.check(self.num_classes, self.output_shape)
         return self
 
     def _check_editing(self) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from service.monitor import OutputMonitors
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
@@ -40,6 +42,10 @@ class Metrics:
             "gan_inflight_requests", "Requests accepted and not yet answered (probes excluded)", registry=r
         )
         self.queue_rows = Gauge("gan_queue_rows", "Rows waiting to be batched", ["model"], registry=r)
+        self.queue_capacity = Gauge(
+            "gan_queue_capacity_rows", "Rows that may wait per model version before 429 (GAN_MAX_QUEUE_ROWS)",
+            ["model"], registry=r,
+        )  # fmt: skip
         self.samples = Counter("gan_samples_generated", "Samples generated", ["model"], registry=r)
         self.rejections = Counter(
             "gan_rejections", "Requests refused or dropped, by reason", ["model", "reason"], registry=r
@@ -69,6 +75,14 @@ class Metrics:
             "gan_model_info", "Loaded model versions (1 = ready, 0 = failed)",
             ["model", "version", "provider", "sha256", "status"], registry=r,
         )  # fmt: skip
+        self.dataset_jobs = Counter(
+            "gan_dataset_jobs_finished", "Dataset jobs that ended, by outcome (done, failed)", ["outcome"],
+            registry=r,
+        )  # fmt: skip
+        for outcome in ("done", "failed"):  # from 0: a first failure is an increase Prometheus can see
+            self.dataset_jobs.labels(outcome)
+        self.outputs = OutputMonitors()  # gan_output_drift, gan_output_diversity, ... (service.monitor)
+        r.register(self.outputs)
 
 
 class ModelObserver:

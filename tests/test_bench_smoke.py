@@ -205,3 +205,17 @@ def test_gpu_check_refuses_a_machine_without_cuda(
     monkeypatch.setattr(gpu_check, "torch_cuda", lambda: {"torch": None, "cuda": False})
     assert gpu_check.main(["--device", "cuda"]) == 2
     assert "no CUDA device to check: this ONNX Runtime has no CUDA provider" in capsys.readouterr().err
+
+
+def test_output_monitor_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.output_monitor import main as output_monitor
+
+    out = tmp_path / "monitor.json"
+    args = ["--models", "mnist-gan", "--batches", "1", "8", "--window", "128", "--repeats", "3"]
+    assert output_monitor([*args, "--requests", "2", "--rounds", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    per_batch = [r for r in report["direct"] if "batch" in r]
+    assert [r["batch"] for r in per_batch] == [1, 8] and all(r["monitor_us_per_image"] > 0 for r in per_batch)
+    assert [r["n"] for r in report["service"]] == [1, 8]
+    assert all(r["on_us_per_image"] > 0 and r["off_us_per_image"] > 0 for r in report["service"])
+    assert "us/image" in capsys.readouterr().out

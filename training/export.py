@@ -34,6 +34,7 @@ from training.config import TrainConfig
 from training.data import DataSpec
 from training.device import library_versions
 from training.networks import NetSpec, build_generator
+from training.output_reference import onnx_runner, reference_statistics, with_reference
 
 PARITY_BATCHES = (1, 7, 64)
 PARITY_TOLERANCE = 1e-4
@@ -277,7 +278,9 @@ def export(
 
         # Step 3. The manifest, with full provenance.
         manifest = build_manifest(name, version, run, opset, sha256_file(onnx_path), parity, command)
-        save_manifest(manifest, scratch / MANIFEST_FILE)
+        # Step 4. The output monitor's reference statistics, from ONNX Runtime (training.output_reference).
+        reference = reference_statistics(onnx_runner(onnx_path), manifest, command=command)
+        save_manifest(with_reference(manifest, reference), scratch / MANIFEST_FILE)
         os.replace(scratch, target)  # the version appears whole or not at all
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -222,6 +222,7 @@ class DatasetJobs:
         log.warning("dataset job %s failed: %s", job.id, reason)
         assert self.store is not None
         self.store.finish(job.id, "failed", reason)
+        self.state.metrics.dataset_jobs.labels("failed").inc()
 
     async def write(self, job: Job, spec: JobSpec, model: ReadyModel) -> None:
         """Every shard not yet listed, written in order; up to DEPTH shards are in the making meanwhile."""
@@ -254,6 +255,7 @@ class DatasetJobs:
                 start_next()
                 mark = await self.commit_shard(job, plan, k, data, digest, mark, model)
             self.store.finish(job.id, "done", active_s=time.monotonic() - mark)
+            self.state.metrics.dataset_jobs.labels("done").inc()
             log.info("dataset job %s: done, %d rows in %d shards", job.id, job.total_rows, job.shards)
         finally:
             for _, task in making:

@@ -1,0 +1,197 @@
+"""The output monitor: rolling statistics of what each model version served, against its manifest's reference.
+
+Per version, a ring buffer of the last GAN_MONITOR_WINDOW standardised sketches (service.output_stats) of the
+rows it served (a GAN_MONITOR_SAMPLE fraction of them). The gauges are computed when Prometheus scrapes, not on
+the request path; a request only pays for its rows' sketch (a pooled matrix product) and a copy.
+
+Which rows count: samples of the generator's own distribution, z ~ N(0, I) and one class each. So /generate,
+/augment and the Open Inference Protocol (HTTP and gRPC) count; /interpolate does not (a path's rows are
+neither independent nor, for soft labels, of one class), nor do rows whose latents an encoder produced (/edit,
+/augment's variations_of), nor rows with a blended class vector. Dataset jobs do not go through here: their rows
+are bulk copies of the same distribution, and the job's throughput is worth more than a second look at it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+import weakref
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
+
+import numpy as np
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from service.manifest import Manifest
+from service.output_stats import (
+    SKETCH_SIDE,
+    drift_statistic,
+    mean_pairwise_distance,
+    pooled,
+    projection,
+    projection_sha256,
+    residuals,
+    row_groups,
+)
+
+log = logging.getLogger("service.monitor")
+
+COUNTED_PATHS = {"/generate", "/augment", "/grpc"}  # /grpc: the gRPC calls' stand-in request
+V2_INFER = re.compile(r"/v2/models/[^/]+(/versions/[^/]+)?/infer")
+ENCODED = "gan.latents_from_encoder"  # set in a request's scope once an encoder made its latents
+
+
+def counted(scope: Mapping[str, Any]) -> bool:
+    """Whether a request's generator rows are samples the monitor should see (see the module docstring)."""
+    path = scope.get("path", "")
+    return not scope.get(ENCODED) and (path in COUNTED_PATHS or V2_INFER.fullmatch(path) is not None)
+
+
+class Version(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def manifest(self) -> Manifest: ...
+
+
+class MonitorUnavailable(ValueError):
+    """A version the monitor cannot follow: no reference, or a reference this build cannot reproduce."""
+
+
+class VersionMonitor:
+    """The last `window` standardised sketches of one version's served rows, and its two gauges."""
+
+    def __init__(self, manifest: Manifest, window: int, sample: float, seed: int = 0) -> None:
+        reference = manifest.output_reference
+        if reference is None:
+            raise MonitorUnavailable("no output_reference in the manifest")
+        band = reference.band(window)
+        if band is None:
+            raise MonitorUnavailable(f"no band measured for windows of {window} rows or fewer")
+        matrix = projection(
+            math.prod(reference.sketch_shape), reference.directions, reference.projection_seed
+        )
+        if projection_sha256(matrix) != reference.projection_sha256:
+            raise MonitorUnavailable("the projection differs from the one the reference was computed with")
+        self.reference, self.band, self.matrix = reference, band, matrix
+        self.mean = np.asarray(reference.mean, np.float32)
+        self.std = np.asarray(reference.std, np.float32)
+        self.window, self.sample = window, sample
+        self.buffer = np.zeros((window, reference.directions), np.float32)
+        self.filled = self.cursor = self.rows = 0
+        self._rng = np.random.default_rng(seed)
+        self._lock = threading.Lock()
+        self._cached: tuple[int, float, float] | None = None  # (rows when computed, drift, diversity)
+
+    def observe(self, x: np.ndarray, c: np.ndarray | None) -> None:
+        """Sketch a sampled subset of these served rows into the window (thread-safe)."""
+        groups = row_groups(c, len(x))
+        keep = groups >= 0
+        if self.sample < 1.0:
+            with self._lock:
+                keep &= self._rng.random(len(x)) < self.sample
+        index = np.flatnonzero(keep)[-self.window :]
+        if not len(index):
+            return
+        r = residuals(pooled(x[index], SKETCH_SIDE) @ self.matrix, groups[index], self.mean, self.std)
+        with self._lock:
+            for part in np.array_split(r, [self.window - self.cursor]):  # up to the end, then from 0
+                self.buffer[self.cursor : self.cursor + len(part)] = part
+                self.cursor = (self.cursor + len(part)) % self.window
+            self.filled = min(self.window, self.filled + len(r))
+            self.rows += len(r)
+
+    def gauges(self) -> tuple[float, float] | None:
+        """(drift, diversity) of the current window, once it is full; drift > 1 is outside the band."""
+        with self._lock:
+            if self.filled < self.window:
+                return None
+            if self._cached is not None and self._cached[0] == self.rows:
+                return self._cached[1], self._cached[2]
+            rows, window = self.rows, self.buffer.copy()
+        drift = drift_statistic(window) / self.band.drift_high
+        diversity = mean_pairwise_distance(window) / self.reference.diversity_reference
+        with self._lock:
+            self._cached = (rows, drift, diversity)
+        return drift, diversity
+
+
+class OutputMonitors(Collector):
+    """One monitor per served version (made at its first counted request), exported when scraped."""
+
+    def __init__(self) -> None:
+        self._monitors: dict[tuple[str, int], tuple[weakref.ref[Any], VersionMonitor | None]] = {}
+
+    def monitor(self, model: Version, window: int, sample: float) -> VersionMonitor | None:
+        """This version's monitor; None when monitoring is off or the version has no usable reference."""
+        if sample <= 0:
+            return None
+        key = (model.name, model.version)
+        entry = self._monitors.get(key)
+        if entry is not None and entry[0]() is model:
+            return entry[1]
+        try:
+            made: VersionMonitor | None = VersionMonitor(model.manifest, window, sample)
+        except MonitorUnavailable as error:
+            log.info("model %s:%d: output monitoring off: %s", model.name, model.version, error)
+            made = None
+        self._monitors[key] = (weakref.ref(model), made)  # a reloaded version gets a fresh window
+        return made
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        families = self._families()
+        drift, diversity, low, high, rows = families
+        for key, (ref, monitor) in list(self._monitors.items()):
+            if ref() is None:  # the version is gone (unloaded or replaced and closed)
+                del self._monitors[key]
+                continue
+            if monitor is None:
+                continue
+            labels = [key[0], str(key[1])]
+            rows.add_metric(labels, monitor.rows)
+            low.add_metric(labels, monitor.band.diversity_low)
+            high.add_metric(labels, monitor.band.diversity_high)
+            values = monitor.gauges()
+            if values is not None:
+                drift.add_metric(labels, values[0])
+                diversity.add_metric(labels, values[1])
+        yield from families
+
+    @staticmethod
+    def _families() -> tuple[
+        GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, CounterMetricFamily
+    ]:
+        labels = ["model", "version"]
+        return (
+            GaugeMetricFamily(
+                "gan_output_drift",
+                "Served outputs' drift from the manifest's reference, over its healthy band (> 1: outside)",
+                labels=labels,
+            ),
+            GaugeMetricFamily(
+                "gan_output_diversity",
+                "Mean pairwise distance of the served window over the reference's (1: as at export)",
+                labels=labels,
+            ),
+            GaugeMetricFamily(
+                "gan_output_diversity_low",
+                "Lower end of the diversity band measured at export",
+                labels=labels,
+            ),
+            GaugeMetricFamily(
+                "gan_output_diversity_high",
+                "Upper end of the diversity band measured at export",
+                labels=labels,
+            ),
+            CounterMetricFamily(
+                "gan_output_monitored_rows", "Served rows the output monitor sketched", labels=labels
+            ),
+        )
