@@ -155,8 +155,10 @@ def test_each_invocation_records_what_it_ran_on(tmp_path: Path) -> None:
         torch.set_num_threads(threads)
     segments = load_checkpoint(tmp_path / "run" / CHECKPOINT)["segments"]
     assert [{k: v for k, v in seg.items() if k != "wall_time_s"} for seg in segments] == [
-        {"from_step": 0, "to_step": 2, "device": "cpu", "precision": "fp32", "threads": 1},
-        {"from_step": 2, "to_step": 3, "device": "cpu", "precision": "fp32", "threads": 2},
+        {"from_step": 0, "to_step": 2, "device": "cpu", "precision": "fp32", "threads": 1}
+        | {"world_size": 1, "backend": "none"},
+        {"from_step": 2, "to_step": 3, "device": "cpu", "precision": "fp32", "threads": 2}
+        | {"world_size": 1, "backend": "none"},
     ]
     assert all(seg["wall_time_s"] > 0 for seg in segments)
     manifest = load_manifest(export(tmp_path / "run", tmp_path / "models", "m") / "manifest.json")
