@@ -3,7 +3,7 @@
 - direct: `VersionMonitor.observe` per image against ONNX Runtime's own time per image at the same batch size
   (the share the monitor adds to the compute), and the scrape-time cost of the gauges for a full window;
 - service: POST /generate through the app in-process (ASGI, no sockets), monitoring on (GAN_MONITOR_SAMPLE=1)
-  against off (0), rounds interleaved, the best round of each kept (a noisy neighbour only slows a round).
+  against off (0), one request each in turn, the median time per image of each.
 
     python -m bench.output_monitor --json output_monitor.json
     python -m bench.output_monitor --models mnist-gan --batches 1 64 --requests 20 --rounds 2
@@ -92,19 +92,20 @@ async def service_rows(
         clients = {s: httpx.AsyncClient(transport=httpx.ASGITransport(app=a), base_url="http://t") for s, a in apps.items()}  # fmt: skip
         rows = []
         for n in batches:
-            best = {1.0: float("inf"), 0.0: float("inf")}
-            for round_ in range(rounds + 1):  # round 0 warms both apps up
-                for sample, client in clients.items():
+            times: dict[float, list[float]] = {1.0: [], 0.0: []}
+            for k in range(requests * (rounds + 1)):  # the first `requests` warm both apps up
+                order = (1.0, 0.0) if k % 2 else (0.0, 1.0)  # alternating: a slow spell hits both alike
+                for sample in order:
+                    body = {"model": name, "n": n, "seed": k, "format": "npy"}
                     started = time.perf_counter()
-                    for k in range(requests):
-                        body = {"model": name, "n": n, "seed": round_ * requests + k, "format": "npy"}
-                        response = await client.post("/generate", json=body)
-                        assert response.status_code == 200, response.text
-                    if round_:
-                        best[sample] = min(best[sample], (time.perf_counter() - started) / (requests * n))
+                    response = await clients[sample].post("/generate", json=body)
+                    assert response.status_code == 200, response.text
+                    if k >= requests:
+                        times[sample].append((time.perf_counter() - started) / n)
+            on, off = float(np.median(times[1.0])), float(np.median(times[0.0]))
             rows.append(
-                {"model": name, "n": n, "on_us_per_image": best[1.0] * 1e6, "off_us_per_image": best[0.0] * 1e6,
-                 "on_over_off": best[1.0] / best[0.0]}
+                {"model": name, "n": n, "on_us_per_image": on * 1e6, "off_us_per_image": off * 1e6,
+                 "on_over_off": on / off}
             )  # fmt: skip
         for client in clients.values():
             await client.aclose()
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=200, help="observe calls per round (direct)")
     parser.add_argument("--requests", type=int, default=50, help="requests per round (service)")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="requests x rounds measured per app (service)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     results: dict[str, list[dict[str, Any]]] = {"direct": [], "service": []}

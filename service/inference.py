@@ -14,7 +14,6 @@ from service.editing import encoder_feeds, image_classes, split_encoded
 from service.errors import ClientGone, EditingUnavailable
 from service.images import decode_images
 from service.monitor import ENCODED, counted
-from service.offload import offload
 from service.plans import check_limit
 from service.schemas import Label
 from service.state import AppState
@@ -41,19 +40,26 @@ async def run_batch(
 
 
 async def run_model(
-    model: ReadyModel, feeds: Feeds, rows: int, request: Request, state: AppState
+    model: ReadyModel,
+    feeds: Feeds,
+    rows: int,
+    request: Request,
+    state: AppState,
+    *,
+    monitored: bool | None = None,
 ) -> np.ndarray:
     """The generator's output for these feeds, counted as samples of the model and, when they are samples of
-    its distribution (service.monitor.counted), sketched by the output monitor."""
+    its distribution, sketched by the output monitor: `monitored` says whether they are (a route that knows,
+    e.g. that its latents are truncated, passes False); None: by the request (service.monitor.counted)."""
     x = await run_batch(model.batcher, feeds, rows, request, state)
     metrics, settings = state.metrics, state.settings
     metrics.samples.labels(model.name).inc(rows)
     metrics.queue_capacity.labels(model.name).set(model.batcher.max_queue_rows)
-    if counted(request.scope):
+    if counted(request.scope) if monitored is None else monitored:
         monitor = metrics.outputs.monitor(model, settings.monitor_window, settings.monitor_sample)
         if monitor is not None:
             try:
-                await offload(rows, monitor.observe, x, feeds.get("c"))
+                monitor.submit(x, feeds.get("c"))
             except Exception:  # the monitor must never cost a request its answer
                 log.exception("output monitor of %s failed on %d rows", model.key, rows)
     return x

@@ -2,7 +2,8 @@
 
 Per version, a ring buffer of the last GAN_MONITOR_WINDOW standardised sketches (service.output_stats) of the
 rows it served (a GAN_MONITOR_SAMPLE fraction of them). The gauges are computed when Prometheus scrapes, not on
-the request path; a request only pays for its rows' sketch (a pooled matrix product) and a copy.
+the request path; a request's rows are sketched (a pooled matrix product) inline when they are few, else on a
+worker thread the request does not wait for.
 
 Which rows count: samples of the generator's own distribution, z ~ N(0, I) and one class each. So /generate,
 /augment and the Open Inference Protocol (HTTP and gRPC) count; /interpolate does not (a path's rows are
@@ -13,6 +14,7 @@ are bulk copies of the same distribution, and the job's throughput is worth more
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
@@ -27,14 +29,13 @@ from prometheus_client.registry import Collector
 
 from service.manifest import Manifest
 from service.output_stats import (
-    SKETCH_SIDE,
     drift_statistic,
     mean_pairwise_distance,
-    pooled,
     projection,
     projection_sha256,
     residuals,
     row_groups,
+    sketch,
 )
 
 log = logging.getLogger("service.monitor")
@@ -42,6 +43,8 @@ log = logging.getLogger("service.monitor")
 COUNTED_PATHS = {"/generate", "/augment", "/grpc"}  # /grpc: the gRPC calls' stand-in request
 V2_INFER = re.compile(r"/v2/models/[^/]+(/versions/[^/]+)?/infer")
 ENCODED = "gan.latents_from_encoder"  # set in a request's scope once an encoder made its latents
+INLINE_ROWS = 4  # up to this many rows are sketched on the event loop (a thread hop costs more)
+MAX_PENDING = 2  # batches of one version waiting for a worker thread before more are skipped
 
 
 def counted(scope: Mapping[str, Any]) -> bool:
@@ -83,28 +86,61 @@ class VersionMonitor:
         self.std = np.asarray(reference.std, np.float32)
         self.window, self.sample = window, sample
         self.buffer = np.zeros((window, reference.directions), np.float32)
-        self.filled = self.cursor = self.rows = 0
+        self.filled = self.cursor = self.rows = self.skipped = self.pending = 0
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
         self._cached: tuple[int, float, float] | None = None  # (rows when computed, drift, diversity)
 
+    def submit(self, x: np.ndarray, c: np.ndarray | None) -> None:
+        """Observe these rows: a few inline, more on a worker thread that the request does not wait for; with
+        MAX_PENDING batches of this version already waiting, these rows are skipped (counted), not queued."""
+        if len(x) <= INLINE_ROWS:
+            self.observe(x, c)
+            return
+        with self._lock:
+            if self.pending >= MAX_PENDING:
+                self.skipped += len(x)
+                return
+            self.pending += 1
+        future = asyncio.get_running_loop().run_in_executor(None, self._observe_and_release, x, c)
+        future.add_done_callback(self._log_failure)
+
+    def _observe_and_release(self, x: np.ndarray, c: np.ndarray | None) -> None:
+        try:
+            self.observe(x, c)
+        finally:
+            with self._lock:
+                self.pending -= 1
+
+    @staticmethod
+    def _log_failure(future: asyncio.Future[None]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            log.error("output monitor failed on a batch", exc_info=future.exception())
+
     def observe(self, x: np.ndarray, c: np.ndarray | None) -> None:
         """Sketch a sampled subset of these served rows into the window (thread-safe)."""
-        groups = row_groups(c, len(x))
-        keep = groups >= 0
+        window, groups = self.window, row_groups(c, len(x))
+        keep = groups >= 0 if c is not None else None
         if self.sample < 1.0:
             with self._lock:
-                keep &= self._rng.random(len(x)) < self.sample
-        index = np.flatnonzero(keep)[-self.window :]
-        if not len(index):
-            return
-        r = residuals(pooled(x[index], SKETCH_SIDE) @ self.matrix, groups[index], self.mean, self.std)
+                drawn = self._rng.random(len(x)) < self.sample
+            keep = drawn if keep is None else keep & drawn
+        if keep is not None:
+            index = np.flatnonzero(keep)[-window:]
+            if not len(index):
+                return
+            x, groups = x[index], groups[index]
+        elif len(x) > window:
+            x, groups = x[-window:], groups[-window:]
+        r = residuals(sketch(x, self.matrix), groups, self.mean, self.std)
         with self._lock:
-            for part in np.array_split(r, [self.window - self.cursor]):  # up to the end, then from 0
-                self.buffer[self.cursor : self.cursor + len(part)] = part
-                self.cursor = (self.cursor + len(part)) % self.window
-            self.filled = min(self.window, self.filled + len(r))
-            self.rows += len(r)
+            n, cursor = len(r), self.cursor
+            first = min(n, window - cursor)  # up to the end of the ring, the rest from its start
+            self.buffer[cursor : cursor + first] = r[:first]
+            self.buffer[: n - first] = r[first:]
+            self.cursor = (cursor + n) % window
+            self.filled = min(window, self.filled + n)
+            self.rows += n
 
     def gauges(self) -> tuple[float, float] | None:
         """(drift, diversity) of the current window, once it is full; drift > 1 is outside the band."""
@@ -148,7 +184,7 @@ class OutputMonitors(Collector):
 
     def collect(self) -> Iterator[Metric]:
         families = self._families()
-        drift, diversity, low, high, rows = families
+        drift, diversity, low, high, rows, skipped = families
         for key, (ref, monitor) in list(self._monitors.items()):
             if ref() is None:  # the version is gone (unloaded or replaced and closed)
                 del self._monitors[key]
@@ -157,6 +193,7 @@ class OutputMonitors(Collector):
                 continue
             labels = [key[0], str(key[1])]
             rows.add_metric(labels, monitor.rows)
+            skipped.add_metric(labels, monitor.skipped)
             low.add_metric(labels, monitor.band.diversity_low)
             high.add_metric(labels, monitor.band.diversity_high)
             values = monitor.gauges()
@@ -167,7 +204,12 @@ class OutputMonitors(Collector):
 
     @staticmethod
     def _families() -> tuple[
-        GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, CounterMetricFamily
+        GaugeMetricFamily,
+        GaugeMetricFamily,
+        GaugeMetricFamily,
+        GaugeMetricFamily,
+        CounterMetricFamily,
+        CounterMetricFamily,
     ]:
         labels = ["model", "version"]
         return (
@@ -193,5 +235,10 @@ class OutputMonitors(Collector):
             ),
             CounterMetricFamily(
                 "gan_output_monitored_rows", "Served rows the output monitor sketched", labels=labels
+            ),
+            CounterMetricFamily(
+                "gan_output_skipped_rows",
+                "Counted rows the monitor skipped: its worker had MAX_PENDING batches waiting",
+                labels=labels,
             ),
         )

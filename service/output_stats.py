@@ -31,6 +31,7 @@ PROJECTION_SEED = 20_231
 WINDOWS = (128, 256, 512)  # larger monitor windows use the 512 band: wider than their own, conservative
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 MIN_STD = 1e-6
+SINGLE_THREAD_MNK = 262_144
 BAND_SIGMAS = 4.0
 
 
@@ -63,6 +64,22 @@ def projection(features: int, directions: int = DIRECTIONS, seed: int = PROJECTI
     return out
 
 
+def small_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b in row blocks small enough that BLAS computes each on the calling thread (OpenBLAS: M*N*K <=
+    262,144). A larger product wakes BLAS's own thread pool, which on a busy machine (ONNX Runtime's threads on
+    every core) was measured at 50x the cost of the work itself."""
+    rows = max(1, SINGLE_THREAD_MNK // (a.shape[1] * b.shape[1]))
+    out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
+    for start in range(0, a.shape[0], rows):
+        np.matmul(a[start : start + rows], b, out=out[start : start + rows])
+    return out
+
+
+def sketch(x: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """(N, directions): the samples pooled to SKETCH_SIDE, flattened and projected."""
+    return small_matmul(pooled(x, SKETCH_SIDE), matrix)
+
+
 def projection_sha256(matrix: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(matrix, dtype="<f4").tobytes()).hexdigest()
 
@@ -77,7 +94,10 @@ def row_groups(c: np.ndarray | None, rows: int) -> np.ndarray:
 
 def residuals(sketch: np.ndarray, groups: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """Each row's sketch standardised by its group's reference mean and std."""
-    out: np.ndarray = ((sketch - mean[groups]) / std[groups]).astype(np.float32)
+    if len(mean) == 1:  # one group: broadcast, no gather
+        out: np.ndarray = ((sketch - mean[0]) / std[0]).astype(np.float32, copy=False)
+    else:
+        out = ((sketch - mean[groups]) / std[groups]).astype(np.float32, copy=False)
     return out
 
 
@@ -97,7 +117,7 @@ def mean_pairwise_distance(r: np.ndarray) -> float:
         return 0.0
     r32 = np.ascontiguousarray(r, dtype=np.float32)
     sq = np.einsum("ij,ij->i", r32, r32)
-    d2 = r32 @ r32.T
+    d2 = small_matmul(r32, np.ascontiguousarray(r32.T))
     d2 *= -2.0
     d2 += sq[:, None]
     d2 += sq[None, :]

@@ -7,6 +7,7 @@ broken generator is outside its band at that first scrape.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import shutil
@@ -23,9 +24,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.files import sha256_file
 from service.main import create_app
 from service.manifest import load_manifest
-from service.monitor import ENCODED, VersionMonitor, counted
+from service.monitor import ENCODED, MAX_PENDING, VersionMonitor, counted
 from service.output_stats import mean_pairwise_distance, projection
 from service.settings import BUNDLED_MODELS, Settings
+from tests.support import wait_until
 
 WINDOW, ROWS, REQUESTS = 128, 16, 40
 BOUND = math.ceil(WINDOW / ROWS)  # requests until the window is full: the gauges' first scrape
@@ -75,6 +77,20 @@ def gauges(client: TestClient) -> dict[str, dict[str, float]]:
     return found
 
 
+def settled(client: TestClient, rows: dict[str, int]) -> dict[str, dict[str, float]]:
+    """The gauges once each model's monitor has sketched `rows` rows (batches over INLINE_ROWS are sketched
+    on a worker thread after the response)."""
+    seen: dict[str, dict[str, float]] = {}
+
+    def done() -> bool:
+        nonlocal seen
+        seen = gauges(client)
+        return all(seen.get(m, {}).get("gan_output_monitored_rows_total") == n for m, n in rows.items())
+
+    wait_until(done, 30, lambda: f"monitored rows {rows}; /metrics shows {seen}")
+    return seen
+
+
 def outside(values: dict[str, float]) -> bool:
     diversity = values["gan_output_diversity"]
     low, high = values["gan_output_diversity_low"], values["gan_output_diversity_high"]
@@ -103,13 +119,15 @@ def test_a_broken_generator_trips_within_the_bound_and_a_healthy_one_stays_in_ba
     first: dict[str, dict[str, float]] = {}
     healthy_seen = []
     for request in range(1, REQUESTS + 1):
-        for model in models if request <= BOUND else ["healthy"]:
+        sent = models if request <= BOUND else ["healthy"]
+        for model in sent:
             body = {"model": model, "n": ROWS, "seed": 1000 + request, "format": "npy"}
             assert client.post("/generate", json=body).status_code == 200
-        seen = gauges(client)
+        seen = settled(
+            client, {model: min(request, BOUND) * ROWS for model in models} | {"healthy": request * ROWS}
+        )
         if request < BOUND:  # the window is not full: no gauge yet, only the rows counted
             assert "gan_output_drift" not in seen["healthy"]
-            assert seen["healthy"]["gan_output_monitored_rows_total"] == request * ROWS
             continue
         if request == BOUND:
             first = seen
@@ -118,6 +136,7 @@ def test_a_broken_generator_trips_within_the_bound_and_a_healthy_one_stays_in_ba
         assert outside(first[model]), (model, first[model])
     assert first["collapsed"]["gan_output_diversity"] < 0.01  # every row the same image
     assert len(healthy_seen) == REQUESTS - BOUND + 1
+    assert all(values["gan_output_skipped_rows_total"] == 0 for values in first.values())
     for values in healthy_seen:
         assert not outside(values), values
         assert 0.5 < values["gan_output_drift"] <= 1  # in band, and not trivially 0
@@ -125,9 +144,11 @@ def test_a_broken_generator_trips_within_the_bound_and_a_healthy_one_stays_in_ba
 
 def test_interpolation_and_encoded_rows_are_not_counted(client: TestClient) -> None:
     before = gauges(client)["collapsed"]["gan_output_monitored_rows_total"]
-    body = {"model": "collapsed", "start": {"seed": 1}, "end": {"seed": 2}, "steps": 8, "format": "npy"}
-    assert client.post("/interpolate", json=body).status_code == 200
-    assert gauges(client)["collapsed"]["gan_output_monitored_rows_total"] == before
+    body = {"model": "collapsed", "start": {"seed": 1}, "end": {"seed": 2}, "steps": 2, "format": "npy"}
+    assert client.post("/interpolate", json=body).status_code == 200  # 2 rows: sketched inline if at all
+    one = {"model": "collapsed", "n": 1, "seed": 5, "format": "npy"}
+    assert client.post("/generate", json=one).status_code == 200  # ... and this one is
+    assert gauges(client)["collapsed"]["gan_output_monitored_rows_total"] == before + 1
     assert counted({"path": "/generate"}) and counted({"path": "/v2/models/m/versions/1/infer"})
     assert not counted({"path": "/interpolate"}) and not counted({"path": "/edit"})
     assert not counted({"path": "/augment", ENCODED: True})  # variations_of: latents from the encoder
@@ -164,3 +185,17 @@ def test_a_conditional_window_counts_one_hot_rows_only() -> None:
     sampled = VersionMonitor(manifest, window=128, sample=0.25)
     sampled.observe(np.zeros((400, 1, 28, 28), np.float32), np.eye(10, dtype=np.float32)[np.arange(400) % 10])
     assert 60 <= sampled.rows <= 140  # about a quarter of 400
+
+
+def test_a_busy_monitor_skips_batches_instead_of_queueing_them() -> None:
+    monitor = VersionMonitor(load_manifest(HEALTHY / "manifest.json"), window=128, sample=1.0)
+    x = np.zeros((10, 1, 28, 28), np.float32)
+
+    async def submit_twice() -> None:
+        monitor.pending = MAX_PENDING  # as if its worker had that many batches waiting
+        monitor.submit(x, None)
+        monitor.pending = 0
+        monitor.submit(x, None)  # on a worker thread of the loop's default executor
+
+    asyncio.run(submit_twice())  # which it shuts down, waiting for the batch, before it returns
+    assert (monitor.rows, monitor.skipped, monitor.pending) == (10, 10, 0)

@@ -38,6 +38,7 @@ from service.output_stats import (
     projection,
     projection_sha256,
     residuals,
+    sketch,
     window_band,
 )
 
@@ -84,7 +85,7 @@ def outputs(run: Run, manifest: Manifest, seed: int, n: int, matrix: np.ndarray)
             feeds["c"] = np.eye(k, dtype=np.float32)[labels]
             groups[start : start + rows] = labels
         x = run(feeds)
-        sketches[start : start + rows] = pooled(x, SKETCH_SIDE) @ matrix
+        sketches[start : start + rows] = sketch(x, matrix)
         pixels = pooled(x, PIXEL_SIDE).astype(np.float64)
         total += pixels.sum(axis=0)
         squares += (pixels**2).sum(axis=0)
@@ -123,11 +124,11 @@ def reference_statistics(
     started = time.perf_counter()
     sketch_shape = pooled_shape(manifest.output_shape, SKETCH_SIDE)
     matrix = projection(int(np.prod(sketch_shape)), DIRECTIONS, PROJECTION_SEED)
-    sketch, groups, total, squares = outputs(run, manifest, REFERENCE_SEED, samples, matrix)
+    sketches, groups, total, squares = outputs(run, manifest, REFERENCE_SEED, samples, matrix)
     count = max(manifest.num_classes, 1)
-    mean = np.stack([sketch[groups == g].mean(axis=0) for g in range(count)])
-    std = np.stack([np.maximum(sketch[groups == g].std(axis=0), 1e-6) for g in range(count)])
-    standardised = residuals(sketch, groups, mean, std)
+    mean = np.stack([sketches[groups == g].mean(axis=0) for g in range(count)])
+    std = np.stack([np.maximum(sketches[groups == g].std(axis=0), 1e-6) for g in range(count)])
+    standardised = residuals(sketches, groups, mean, std)
     subset = np.random.default_rng(0).choice(samples, min(samples, DIVERSITY_ROWS), replace=False)
     diversity_reference = mean_pairwise_distance(standardised[subset])
     held_sketch, held_groups, _, _ = outputs(run, manifest, HELD_OUT_SEED, held_out, matrix)
@@ -150,8 +151,8 @@ def reference_statistics(
         held_out_seed=HELD_OUT_SEED,
         mean=[rounded(row) for row in mean],
         std=[rounded(row) for row in std],
-        quantiles={f"{q:g}": rounded(np.quantile(sketch, q, axis=0)) for q in QUANTILES},
-        mean_pairwise_distance=round(mean_pairwise_distance(sketch[subset]), 6),
+        quantiles={f"{q:g}": rounded(np.quantile(sketches, q, axis=0)) for q in QUANTILES},
+        mean_pairwise_distance=round(mean_pairwise_distance(sketches[subset]), 6),
         diversity_reference=round(diversity_reference, 6),
         pixel_shape=pooled_shape(manifest.output_shape, PIXEL_SIDE),
         pixel_mean=rounded(pixel_mean),
