@@ -1,9 +1,9 @@
 """`python -m service`: uvicorn on GAN_HOST:GAN_PORT, with a drain on SIGTERM (service.drain).
 
-SIGTERM (or Ctrl-C): /readyz turns 503 at once, new requests get 503 with `Retry-After`, every response says
-`Connection: close`, and new connections are refused; open connections keep being answered for up to
-GAN_DRAIN_GRACE_S while requests already accepted finish, for up to GAN_DRAIN_TIMEOUT_S; then uvicorn stops
-and the process exits. A second signal stops at once.
+SIGTERM (or Ctrl-C): /readyz turns 503 at once, new requests get 503 with `Retry-After`, and every response
+says `Connection: close`; connections keep being read and answered for GAN_DRAIN_GRACE_S (less once none is
+open) while requests already accepted finish, for up to GAN_DRAIN_TIMEOUT_S; then uvicorn stops and the
+process exits. A second signal stops at once.
 """
 
 from __future__ import annotations

@@ -2,19 +2,24 @@
 
 A keep-alive connection that the server closes while a request is on its way gets no answer at all (the
 client sees a reset, or "server disconnected"): it cannot tell whether that request was served. So the drain,
-in order, from the first SIGTERM (or Ctrl-C):
+from the first SIGTERM (or Ctrl-C):
 
 1. `state.draining`: `/readyz` answers 503 and every new request 503 + `Retry-After` (service.gate); from now
    on every response, 200 or not, carries `Connection: close` (`CloseWhileDraining`), so each connection is
    closed by the server right after an answer, never between two requests.
-2. The listening sockets close: new connections are refused, and go to another replica.
-3. For up to GAN_DRAIN_GRACE_S the connections already open keep being read and answered, so a request that
-   a client sent on an idle keep-alive connection gets its 503 instead of a reset; this ends early once every
-   connection has closed. Meanwhile requests accepted before SIGTERM run to their responses, through batchers
-   that stay open, for up to GAN_DRAIN_TIMEOUT_S (which also bounds the grace).
-4. The batchers close; uvicorn's own shutdown then closes the connections still open (idle past the grace),
-   and the lifespan stops the gRPC server (service.main: its grace, then GOAWAY; during the drain its calls
-   got UNAVAILABLE + `retry-after`).
+2. The server keeps listening and reading: a request sent on an idle keep-alive connection, or on a new one
+   (a kubelet probe, a Prometheus scrape, a load balancer that has not yet seen the pod go), gets its answer.
+   This lasts at least GAN_DRAIN_GRACE_S, or until no connection is open, whichever comes first; meanwhile
+   requests accepted before SIGTERM run to their responses through batchers that stay open. The whole drain
+   is bounded by GAN_DRAIN_TIMEOUT_S.
+3. The batchers close; uvicorn's own shutdown then stops listening and closes the connections still open
+   (idle past the grace), and the lifespan stops the gRPC server (service.main: its grace, then GOAWAY;
+   during the drain its calls got UNAVAILABLE + `retry-after`).
+
+The listener stays open on purpose: closed at the signal, it would refuse the probes and the scrape that the
+drain promises to answer, and turn a request the client could retry anywhere (a 503) into a refused
+connection, which `gan_client` retries only for seeded calls. In Kubernetes the preStop pause has already
+taken the pod out of the endpoints before the signal, so new connections are rare by then.
 
 A second signal stops at once.
 """
@@ -77,17 +82,11 @@ class DrainingServer(uvicorn.Server):
     def open_connections(self) -> int:
         return len(self.server_state.connections)
 
-    def stop_listening(self) -> None:
-        """New connections are refused from now on; the open ones stay open (uvicorn closes them later)."""
-        for server in getattr(self, "servers", []):  # absent while the lifespan is still starting
-            server.close()
-
     async def _drain(self) -> None:
         settings = self.state.settings
         timeout = settings.drain_timeout_s
         grace = min(settings.drain_grace_s, timeout)
         started = time.monotonic()
-        self.stop_listening()
         log.info(
             "draining: %d requests in flight, %d connections open; answering them for up to %.1f s, "
             "waiting for accepted work up to %.1f s",
@@ -104,7 +103,7 @@ class DrainingServer(uvicorn.Server):
         complete = self.state.inflight == 0
         await self.state.repository.drain(max(0.0, timeout - (time.monotonic() - started)))
         log.info(
-            "drained in %.2f s (complete: %s; %d connections left open, idle, closed now)",
+            "drained in %.2f s (complete: %s; %d connections still open, closed now)",
             time.monotonic() - started, complete, self.open_connections(),
         )  # fmt: skip
         self.should_exit = True

@@ -38,7 +38,7 @@ class Settings(BaseSettings):
         5.0,
         ge=0,
         le=3600,
-        description="after SIGTERM, how long open connections keep being answered (503 + Retry-After + Connection: close) before idle ones are closed; ends once none is open; at most GAN_DRAIN_TIMEOUT_S",
+        description="after SIGTERM, how long connections keep being read and answered (503 + Retry-After + Connection: close) before the idle ones are closed; ends once none is open; at most GAN_DRAIN_TIMEOUT_S",
     )
 
     max_n: int = Field(1024, ge=1, le=65536, description="samples per /generate request")
