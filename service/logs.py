@@ -54,6 +54,7 @@ class RequestContext(logging.Filter):
     """Puts request_id (and trace_id, span_id while a span is active) on every record it passes."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        record.__dict__.pop("color_message", None)  # uvicorn's copy of the message with terminal colours
         request_id = REQUEST_ID.get()
         if request_id is not None:
             record.request_id = request_id

@@ -100,7 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # /docs comes from service.playground, with vendored assets; no /redoc
         redoc_url=None,
-        telemetry=tracing.fastapi_telemetry(tracer_provider),  # its server span per request, or nothing
+        telemetry=tracing.FASTAPI_TELEMETRY,  # off: the server spans are service.tracing's
     )
     app.state.gan = state
     app.state.datasets = datasets
@@ -114,10 +114,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app, state)
     fast = FastGenerate(app, state) if settings.fast_path else None
     app.add_middleware(Gate, state=state, keys=keys, fast=fast, admin=admin)
-    # The last added runs first: the request id, then the trace headers, then the gate.
-    if tracer_provider is not None:
-        app.add_middleware(tracing.TraceHeaders, label=endpoint_label, request_id=current_request_id)
+    # The last added runs first: the request's span, then its id (so its lines carry both), then the gate.
     app.add_middleware(RequestId, access_log=settings.access_log)
+    if tracer_provider is not None:
+        app.add_middleware(tracing.TraceRequests, label=endpoint_label, request_id=current_request_id)
     if keys is not None:
         log.info("API keys required (%d accepted) on all but %s and the page", len(keys), sorted(PROBES))
     log.info("model control (/v2/repository): %s", "on, with GAN_ADMIN_KEY" if admin else "off")

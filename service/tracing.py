@@ -1,9 +1,9 @@
 """OpenTelemetry tracing: off unless the standard OTEL_* variables ask for it, and free while off.
 
-On: FastAPI's own server span per request (W3C `traceparent` read from the caller), named and given the model,
-version, rows, format and outcome here, and its trace context returned in a `traceparent` response header; a
-span per batch (rows, requests, provider, queue wait, run time), linked both ways to the request spans computed
-in it (a batch serves many traces, so it is a root span of its own, as batch receivers are in OpenTelemetry's
+On: a server span per HTTP request (`TraceRequests`: child of the caller's W3C `traceparent`, its own context
+returned in a `traceparent` response header), given the model, version, rows, format and outcome; a span per
+batch (rows, requests, provider, queue wait, run time), linked both ways to the request spans computed in it
+(a batch serves many traces, so it is a root span of its own, as batch receivers are in OpenTelemetry's
 messaging conventions); a span per gRPC call, from the call's `traceparent` metadata.
 
 When it is on (`wanted_exporters`): never with OTEL_SDK_DISABLED=true or OTEL_TRACES_EXPORTER=none; with the
@@ -11,8 +11,8 @@ exporters OTEL_TRACES_EXPORTER names (otlp, console); otherwise exactly when an 
 (OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT). The SDK reads the rest of its standard
 variables itself (OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER, OTEL_BSP_*, OTEL_EXPORTER_OTLP_HEADERS, ...).
 
-Off: the SDK is never imported, FastAPI's telemetry is disabled, no middleware is added, and the batcher and the
-routes test one module variable (`_tracer is None`) before anything of OpenTelemetry is touched.
+Off: the SDK is never imported, no middleware is added, and the batcher and the routes test one module variable
+(`_tracer is None`) before anything of OpenTelemetry is touched. FastAPI's own telemetry is off either way.
 
 The provider is process-wide, as in OpenTelemetry's own design (the batchers are built deep in the model
 repository), but it is this module's rather than OpenTelemetry's global one, so tests can swap it (`use`).
@@ -26,10 +26,10 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from fastapi.telemetry import TelemetryConfig
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanKind, StatusCode, Tracer
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 SERVICE_NAME = "gan-serving"  # OTEL_SERVICE_NAME (or service.name in OTEL_RESOURCE_ATTRIBUTES) overrides it
 EXPORTERS = ("otlp", "console")
-W3C = TraceContextTextMapPropagator()  # what the response carries: `traceparent` (and `tracestate`)
+PROPAGATED = {b"traceparent", b"tracestate", b"baggage"}  # the request headers OTEL_PROPAGATORS may read
 
 _provider: TracerProvider | None = None
 _tracer: Tracer | None = None  # None: tracing is off
@@ -113,13 +113,14 @@ def flush() -> None:
         _provider.force_flush()
 
 
-def fastapi_telemetry(provider: TracerProvider | None) -> TelemetryConfig:
-    """FastAPI's own telemetry: its server spans on our provider, or nothing at all (its metrics and logs stay
-    off either way: the service has its Prometheus metrics and its own log lines)."""
-    config: TelemetryConfig = {"metrics": False, "logs": False, "auto_configure": False}
-    if provider is None:
-        return config | {"tracing": False}
-    return config | {"tracing": True, "tracer_provider": provider, "operation_spans": False}
+# FastAPI's own telemetry stays off even where a global OpenTelemetry provider is set (by an auto-instrumenting
+# launcher, say): the service makes its own server span, at a third of the cost per request (bench/tracing.py).
+FASTAPI_TELEMETRY: TelemetryConfig = {
+    "tracing": False,
+    "metrics": False,
+    "logs": False,
+    "auto_configure": False,
+}
 
 
 # --- the request span ------------------------------------------------------------------------------------
@@ -148,13 +149,20 @@ def annotate(model: str, version: int, rows: int, fmt: str) -> None:
         span.set_attributes({"gan.model": model, "gan.version": version, "gan.rows": rows, "gan.format": fmt})
 
 
+def traceparent(span: Span) -> str:
+    """The W3C `traceparent` of a span (sampled or not: the caller learns its trace id either way)."""
+    context = span.get_span_context()
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+
+
 def outcome(status: int) -> str:
     return "ok" if status < 400 else "rejected" if status < 500 else "failed"
 
 
-class TraceHeaders:
-    """Inside FastAPI's server span: names it where no route did (the fast path, refusals at the door), notes
-    the request id and the outcome, and returns the trace context on every response."""
+class TraceRequests:
+    """The server span of every HTTP request: child of the caller's `traceparent`, current while the request
+    runs (so the batcher and the log lines find it), named by its endpoint, with the request id and the outcome,
+    and its context returned in the response's `traceparent` header."""
 
     def __init__(
         self, app: ASGIApp, label: Callable[[str], str], request_id: Callable[[], str | None]
@@ -162,28 +170,41 @@ class TraceHeaders:
         self.app, self.label, self.request_id = app, label, request_id
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        span = trace.get_current_span()
-        if scope["type"] != "http" or not span.get_span_context().is_valid:
+        if scope["type"] != "http" or _tracer is None:
             await self.app(scope, receive, send)
             return
-        route = self.label(scope["path"])
-        span.update_name(f"{scope['method']} {route}")  # a matched route renames it with its template
-        if route != "other":
-            span.set_attribute("http.route", route)
-        request_id = self.request_id()
-        if request_id is not None:
-            span.set_attribute("gan.request_id", request_id)
-        carrier: dict[str, str] = {}
-        W3C.inject(carrier, trace.set_span_in_context(span))
-        context = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in carrier.items()]
+        carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in PROPAGATED}
+        method, route = scope["method"], self.label(scope["path"])
+        attributes = {"http.request.method": method, "url.path": scope["path"], "url.scheme": scope["scheme"]}
+        attributes |= {"http.route": route} if route != "other" else {}
+        span = _tracer.start_span(
+            f"{method} {route}",
+            context=propagate.extract(carrier) if carrier else Context(),
+            kind=SpanKind.SERVER,
+            attributes=attributes,
+        )
+        header = (b"traceparent", traceparent(span).encode("ascii"))
 
         async def send_with_context(message: Message) -> None:
             if message["type"] == "http.response.start":
-                span.set_attribute("gan.outcome", outcome(message["status"]))
-                message = {**message, "headers": [*message.get("headers", ()), *context]}
+                status = message["status"]
+                span.set_attributes({"http.response.status_code": status, "gan.outcome": outcome(status)})
+                span.set_attribute("gan.request_id", self.request_id() or "")  # set inside, by logs.RequestId
+                if status >= 500:
+                    span.set_status(StatusCode.ERROR)
+                message = {**message, "headers": [*message.get("headers", ()), header]}
             await send(message)
 
-        await self.app(scope, receive, send_with_context)
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            await self.app(scope, receive, send_with_context)
+        except BaseException as error:
+            span.record_exception(error)
+            span.set_status(StatusCode.ERROR, f"{type(error).__name__}: {error}")
+            raise
+        finally:
+            span.end()
+            otel_context.detach(token)
 
 
 @contextmanager
@@ -216,9 +237,9 @@ def start_batch(
         attributes={
             "gan.batch.rows": rows,
             "gan.batch.requests": requests,
-            "gan.batch.provider": provider,
             "gan.batch.queue_wait_ms": round(queue_wait_s * 1000, 3),
-        },
+        }
+        | ({"gan.batch.provider": provider} if provider else {}),  # "": the batcher was not told
     )
     context = batch.get_span_context()
     for span in spans:
