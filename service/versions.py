@@ -198,6 +198,15 @@ class Prepared:
     seconds: float
 
 
+def file_state(path: Path) -> tuple[int, int, int] | None:
+    """What a rewrite of a file changes: its inode, size and mtime (None when it cannot be read)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
 def prepare_version(found: VersionDir, settings: Settings) -> Prepared | FailedModel:
     """Validate, open, check and warm up one version and its encoder. Blocking: a hot load runs it in a thread."""
     started = time.perf_counter()
@@ -205,8 +214,13 @@ def prepare_version(found: VersionDir, settings: Settings) -> Prepared | FailedM
     session: SessionInfo | None = None
     key = f"{found.name}:{found.version}"
     try:
-        manifest = read_manifest(found)
-        session = open_graph(found.path / ONNX_FILE, settings)
+        before = file_state(found.path / ONNX_FILE)
+        manifest = read_manifest(found)  # the graph's sha256 ...
+        session = open_graph(found.path / ONNX_FILE, settings)  # ... then ONNX Runtime reads the file again
+        if file_state(found.path / ONNX_FILE) != before:  # a writer in between: what it read was not checked
+            raise LoadError(
+                f"{ONNX_FILE} changed while it was being loaded (still being written?); tried again once it changes"
+            )
         check_graph(session, manifest)
         check_device(session, settings)
         rows_per_s = warm_up(session, manifest, settings.warmup_rows)

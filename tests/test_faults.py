@@ -20,8 +20,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 
 from gan_client import Client, Retrier, RetryPolicy
+from service import versions
+from service.manifest import VersionDir
+from service.settings import Settings
 from tests.support import ROOT, free_port, wait_until
 
 ADMIN = "admin-key-0123456789"
@@ -230,3 +234,24 @@ def test_an_unreadable_vanished_or_corrupted_model_directory_keeps_what_serves(t
         wait_until(lambda: probe.loads("ok") > loaded, 30, "the poll to load the whole file again")
         assert probe.samples().content == served
         assert service.restarts == 0
+
+
+def test_a_graph_rewritten_between_its_check_and_its_session_is_not_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sha256 is checked on one read of model.onnx and ONNX Runtime reads it again: a writer in between
+    (here: ring8's graph, which has grid25's very signature) must fail the load, not serve unchecked bytes
+    under grid25's identity."""
+    root = one_model(tmp_path, "grid25")
+    other = (ROOT / "models" / "ring8" / "2" / "model.onnx").read_bytes()
+    real = versions.open_graph
+
+    def rewritten_first(path: Path, settings: Settings) -> versions.SessionInfo:
+        path.write_bytes(other)
+        return real(path, settings)
+
+    monkeypatch.setattr(versions, "open_graph", rewritten_first)
+    found = VersionDir("grid25", 3, root / "grid25" / "3")
+    loaded = versions.prepare_version(found, Settings(model_dir=root))
+    assert isinstance(loaded, versions.FailedModel), "a graph whose bytes were never checked was prepared"
+    assert "model.onnx changed while it was being loaded" in loaded.reason
