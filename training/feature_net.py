@@ -100,6 +100,13 @@ def export_evaluator(
     return out_dir
 
 
+def update_info(directory: Path, extra: dict[str, Any]) -> None:
+    """Add entries to a shipped evaluator's evaluator.json (its floor, once it can be measured)."""
+    path = directory / "evaluator.json"
+    info = json.loads(path.read_text()) | extra
+    atomic_write_bytes(path, (json.dumps(info, indent=2) + "\n").encode())
+
+
 def build(
     data: str, epochs: int, seed: int, out_dir: Path | None = None, command: str | None = None
 ) -> dict[str, Any]:
@@ -121,13 +128,25 @@ def build(
     return {"data": data, "test_accuracy": test_accuracy, **meta}
 
 
+# The first evaluator (this module's net) and the second (training.independent_evaluator).
+SPACES = ("first", "independent")
+
+
+def evaluator_dir(data: str, space: str = "first") -> Path:
+    """training/evaluators/<data>/ for the first evaluator, training/evaluators/<data>/<space>/ for another."""
+    if space not in SPACES:
+        raise ValueError(f"unknown evaluator space '{space}'; choose one of {list(SPACES)}")
+    base = EVALUATOR_DIR / ("mnist" if data == "stacked-mnist" else data)
+    return base if space == "first" else base / space
+
+
 class Evaluator:
     """A shipped evaluator, run through ONNX Runtime: classify and embed images in [-1, 1]."""
 
-    def __init__(self, data: str, directory: Path | None = None) -> None:
+    def __init__(self, data: str, directory: Path | None = None, space: str = "first") -> None:
         import onnxruntime as ort
 
-        directory = directory or EVALUATOR_DIR / ("mnist" if data == "stacked-mnist" else data)
+        directory = directory or evaluator_dir(data, space)
         info_path = directory / "evaluator.json"
         if not info_path.is_file():
             raise FileNotFoundError(
