@@ -2,13 +2,14 @@
 
     python -m bench.tracing                                  (ring8, n = 1, concurrency 1 and 8, 3 rounds)
     python -m bench.tracing --model fashion-cgan --concurrency 8 --duration 2 --rounds 2
+    python -m bench.tracing --trace --model fashion-cgan    (the spans of three requests merged into one batch)
 
 Configurations, each its own `python -m service` on 127.0.0.1, run in turn within every round so that drift on a
 shared machine falls on all of them alike: `off` (no OTEL_* variables, GAN_LOG_LEVEL=warning, as the other
 benchmarks run), `tracing` (OTLP/HTTP export to a sink in this process that answers 200 to every batch: the
 SDK's real work, span creation, batching, protobuf encoding, the POSTs, without a backend's), `tracing 10%`
 (the same, sampling one trace in ten: OTEL_TRACES_SAMPLER=parentbased_traceidratio), and `access log`
-(GAN_LOG_LEVEL=info, one JSON line per request to /dev/null). Prints the median requests/s of each and the
+(GAN_ACCESS_LOG=true, GAN_LOG_LEVEL=info: one JSON line per request, to /dev/null). Prints the median requests/s of each and the
 server's CPU time per request (user + system, all its threads), each with its ratio to `off`. A tiny model at
 n = 1 is the worst case: the per-request overhead is most of the request.
 """
@@ -72,7 +73,7 @@ def configurations(sink: str) -> dict[str, dict[str, str]]:
             "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
             "OTEL_TRACES_SAMPLER_ARG": "0.1",
         },
-        "access log": {"GAN_LOG_LEVEL": "info"},
+        "access log": {"GAN_LOG_LEVEL": "info", "GAN_ACCESS_LOG": "true"},
     }
 
 
@@ -94,6 +95,47 @@ def measure(
         return points
 
 
+def one_trace(model: str) -> None:
+    """Prints the spans of three concurrent requests merged into one batch (in process, in-memory exporter)."""
+    import shutil
+    import tempfile
+
+    import httpx
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from service import tracing
+    from service.main import create_app
+    from service.settings import BUNDLED_MODELS, Settings
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.use(provider)
+    caller = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+
+    async def trio(app: Any) -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://t") as c,
+        ):
+            calls = [
+                c.post("/generate", json={"model": model, "n": n, "seed": 7, "format": "npy"},
+                       headers={"X-Request-ID": f"demo-{i}"} | (caller if i == 0 else {}))
+                for i, n in enumerate((1, 4, 2))
+            ]  # fmt: skip
+            for response in await asyncio.gather(*calls):
+                print(response.status_code, response.headers["x-request-id"], response.headers["traceparent"])
+
+    with tempfile.TemporaryDirectory() as root:
+        shutil.copytree(BUNDLED_MODELS / model, Path(root) / model)
+        asyncio.run(trio(create_app(Settings(model_dir=Path(root), max_wait_ms=50, inline_rows=0))))
+    for span in exporter.get_finished_spans():
+        print(span.to_json(indent=None))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -106,7 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-requests", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--trace", action="store_true", help="print the spans of one batched trio and stop")
     args = parser.parse_args(argv)
+    if args.trace:
+        one_trace(args.model)
+        return 0
     body = {"model": args.model, "n": args.n, "format": args.format}
     with otlp_sink() as sink:
         configs = configurations(sink)

@@ -140,5 +140,10 @@ class RequestId:
         if self.access_log:
             milliseconds = (time.perf_counter() - started) * 1000
             fields = {"method": scope["method"], "path": scope["path"], "status": status}
-            log.info("%s %s %d %.1f ms", *fields.values(), milliseconds, extra=fields | {"ms": milliseconds})
+            log.info(
+                "%s %s %d %.1f ms",
+                *fields.values(),
+                milliseconds,
+                extra=fields | {"ms": round(milliseconds, 3)},
+            )
         REQUEST_ID.reset(token)

@@ -169,7 +169,8 @@ class Settings(BaseSettings):
         description="log lines as JSON objects (time, level, logger, message, request_id, trace_id) or text",
     )
     access_log: bool = Field(
-        True, description="one log line per HTTP request (method, path, status, ms; at info level)"
+        False,
+        description="one log line per HTTP request (method, path, status, ms, its ids; info level); costs CPU per request",
     )
 
     @field_validator("cuda_devices", mode="before")

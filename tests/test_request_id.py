@@ -82,7 +82,7 @@ def test_given_ids_are_returned_and_on_every_line_of_their_own_request(ring_dir:
     words = [f"w{i}" for i in range(6)]
 
     async def scenario() -> list[httpx.Response]:
-        async with asgi_client(app_with_logging_route(Settings(model_dir=ring_dir))) as c:
+        async with asgi_client(app_with_logging_route(Settings(model_dir=ring_dir, access_log=True))) as c:
             calls = [c.get(f"/log/{w}", headers={"X-Request-ID": f"id-{w}"}) for w in words]
             return list(await asyncio.gather(*calls))
 
@@ -106,7 +106,7 @@ def test_ids_are_generated_when_absent_and_replaced_when_unusable(ring_dir: Path
     bad: list[str | bytes] = ["has spaces", "x" * 129, "", "é".encode()]
 
     async def scenario() -> list[httpx.Response]:
-        async with asgi_client(create_app(Settings(model_dir=ring_dir))) as c:
+        async with asgi_client(create_app(Settings(model_dir=ring_dir, access_log=True))) as c:
             plain = await c.post("/generate", json={"model": "ring8", "format": "json"})
             replaced = [await c.get("/healthz", headers={"X-Request-ID": value}) for value in bad]
             return [plain, *replaced]
@@ -124,7 +124,7 @@ def test_ids_are_generated_when_absent_and_replaced_when_unusable(ring_dir: Path
     assert "has spaces" in warnings[0]["message"]
 
 
-def test_a_128_character_id_is_kept(ring_dir: Path) -> None:
+def test_a_128_character_id_is_kept_and_no_access_line_by_default(ring_dir: Path, lines: Lines) -> None:
     given = "a-Z_0.9:" * 16
 
     async def scenario() -> httpx.Response:
@@ -132,6 +132,7 @@ def test_a_128_character_id_is_kept(ring_dir: Path) -> None:
             return await c.get("/healthz", headers={"X-Request-ID": given})
 
     assert asyncio.run(scenario()).headers["x-request-id"] == given
+    assert lines() and not [line for line in lines() if line["logger"] == "service.access"]
 
 
 def test_an_unhandled_error_is_answered_with_the_request_id(ring_dir: Path) -> None:
@@ -156,7 +157,7 @@ def test_lines_carry_the_trace_id_while_tracing_is_on(ring_dir: Path, lines: Lin
     tracing.use(TracerProvider())
 
     async def scenario() -> httpx.Response:
-        async with asgi_client(app_with_logging_route(Settings(model_dir=ring_dir))) as c:
+        async with asgi_client(app_with_logging_route(Settings(model_dir=ring_dir, access_log=True))) as c:
             return await c.get("/log/traced")
 
     try:
