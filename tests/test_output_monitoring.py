@@ -199,3 +199,33 @@ def test_a_busy_monitor_skips_batches_instead_of_queueing_them() -> None:
 
     asyncio.run(submit_twice())  # which it shuts down, waiting for the batch, before it returns
     assert (monitor.rows, monitor.skipped, monitor.pending) == (10, 10, 0)
+
+
+def test_the_cli_adds_the_section_and_keeps_the_rest(tmp_path: Path) -> None:
+    from training.__main__ import main
+    from training.encoder_export import update_encoder
+
+    source = BUNDLED_MODELS / "ring8" / "2"
+    shutil.copytree(source, tmp_path / "ring8" / "2")
+    before = json.loads((source / "manifest.json").read_text())
+    del before["output_reference"]
+    (tmp_path / "ring8" / "2" / "manifest.json").write_text(json.dumps(before))
+    assert main(["output-reference", "--model-dir", str(tmp_path), "--name", "ring8"]) == 0
+    after = json.loads((tmp_path / "ring8" / "2" / "manifest.json").read_text())
+    reference = after.pop("output_reference")
+    assert after == load_manifest(source / "manifest.json").model_dump(
+        mode="json", exclude={"output_reference"}
+    )
+    recorded = json.loads((source / "manifest.json").read_text())["output_reference"]
+    for key in ("mean", "std", "pixel_mean", "pixel_std"):  # the bundled figures are reproducible
+        np.testing.assert_allclose(reference[key], recorded[key], atol=1e-4)
+    for ours, theirs in zip(reference["bands"], recorded["bands"], strict=True):
+        assert ours == pytest.approx(theirs, rel=1e-3)
+    assert [b["window"] for b in reference["bands"]] == [128, 256, 512]
+    # the encoder's re-export (update_encoder, export_encoder) keeps the section
+    copy = tmp_path / "mnist-gan" / "1"
+    shutil.copytree(HEALTHY, copy)
+    updated = update_encoder(copy, metrics={"psnr": 30.0})
+    assert updated.output_reference == load_manifest(HEALTHY / "manifest.json").output_reference
+    (copy / "model.onnx").write_bytes(b"changed")
+    assert main(["output-reference", "--model-dir", str(tmp_path), "--name", "mnist-gan"]) == 2
