@@ -121,6 +121,7 @@ def start_encoder(
         max_queue_rows=settings.max_queue_rows,
         observer=ModelObserver(metrics, f"{manifest.name}.encoder"),
         name=f"{key}.encoder",
+        provider=session.provider,
         runners=settings.runners,
         inline_rows=settings.inline_rows,
     )

@@ -248,6 +248,7 @@ def start_version(
         initial_rows_per_s=prepared.rows_per_s,
         observer=ModelObserver(metrics, found.name),
         name=f"{found.name}:{found.version}",
+        provider=session.provider,
         runners=max(settings.runners, session.devices),  # at least one batch in flight per GPU
         inline_rows=settings.inline_rows,
         background_nice=settings.dataset_nice,
