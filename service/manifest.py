@@ -8,7 +8,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from service.files import atomic_write_bytes
 from service.output_stats import OutputReference
@@ -60,6 +68,18 @@ class GateResult(BaseModel):
     passed: bool
 
 
+class SpaceEvaluation(BaseModel):
+    """The same protocol in another evaluator's feature space: its figures are `metrics["<space>.<name>"]`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    space: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
+    feature_space: str
+    evaluator_sha256: str
+    seed: int = Field(ge=0, description="the sample seed of this space's figures")
+    reference: str
+
+
 class Evaluation(BaseModel):
     """How `metrics` were measured: they are numbers only next to their protocol."""
 
@@ -70,10 +90,23 @@ class Evaluation(BaseModel):
     evaluator_sha256: str | None = None
     samples: int = Field(ge=1)
     seeds: int = Field(ge=1)
+    seed: int | None = Field(None, ge=0, description="the first space's sample seed (image protocols)")
     reference: str
+    spaces: list[SpaceEvaluation] = Field(default_factory=list)
     evaluated_at: datetime
     command: str | None = None
     wall_time_s: float = Field(ge=0)
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_spaces(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """`seed` and `spaces` are written only where they were measured: records made before them (and
+        the encoder's and utility's) keep their exact bytes."""
+        data: dict[str, Any] = handler(self)
+        if self.seed is None:
+            data.pop("seed", None)
+        if not self.spaces:
+            data.pop("spaces", None)
+        return data
 
 
 def gate_results(gates: list[QualityGate], metrics: dict[str, float]) -> list[GateResult]:

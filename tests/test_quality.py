@@ -15,6 +15,7 @@ from training.metrics import (
     mixture_scores,
     precision_recall,
     stacked_modes,
+    stacked_vendi,
 )
 
 
@@ -130,3 +131,37 @@ def test_frechet_distance_with_a_dead_feature() -> None:
     a = np.column_stack([exact_moments(mu1, np.diag([1.0, 4.0]), 400, 0), np.zeros(400)])
     b = np.column_stack([exact_moments(mu2, np.diag([4.0, 1.0]), 400, 1), np.zeros(400)])
     assert frechet_distance(a, b) == pytest.approx(1.0 + (1 - 2) ** 2 + (2 - 1) ** 2, rel=1e-9)
+
+
+def _one_hot(digits: np.ndarray) -> np.ndarray:
+    return np.eye(10)[digits]
+
+
+def test_stacked_vendi_counts_equally_likely_distinct_triples() -> None:
+    every = np.array([[a, b, c] for a in range(10) for b in range(10) for c in range(10)])
+    confident = [_one_hot(every[:, k]) for k in range(3)]
+    assert stacked_vendi(confident) == pytest.approx(1000.0, rel=1e-4)
+    collapsed = [_one_hot(np.zeros(500, dtype=int))] * 3
+    assert stacked_vendi(collapsed) == pytest.approx(1.0, rel=1e-4)
+    # Two triples, one three times as common: exp(H(1/4, 3/4)).
+    two = [_one_hot(np.array([1, 2, 2, 2]))] * 3
+    assert stacked_vendi(two) == pytest.approx(math.exp(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75))))
+
+
+# vendi_score 0.0.3's score_K type-checks against scipy.sparse.csr.csr_matrix, a deprecated path.
+@pytest.mark.filterwarnings("ignore:Please import `csr_matrix`:DeprecationWarning")
+def test_stacked_vendi_is_the_packages_score_k_on_the_probability_product_kernel() -> None:
+    """The dual (1,000 x 1,000) computation equals vendi.score_K on the explicit N x N kernel
+    k(x, x') = Σ_y √p(y|x) √p(y|x') over the 1,000 triples, with soft probabilities."""
+    from vendi_score import vendi
+
+    rng = np.random.default_rng(0)
+    channels = [rng.dirichlet(np.full(10, 0.3), size=60) for _ in range(3)]
+    joint = np.einsum("na,nb,nc->nabc", *channels).reshape(60, -1)
+    kernel = np.sqrt(joint) @ np.sqrt(joint).T
+    assert np.allclose(np.diag(kernel), 1.0)
+    assert stacked_vendi(channels) == pytest.approx(vendi.score_K(kernel), rel=1e-4)
+    # An unsure classifier blurs distinct triples together: the same triples score lower when soft.
+    every = np.array([[a, b, c] for a in range(10) for b in range(10) for c in range(10)])
+    soft = [0.5 * _one_hot(every[:, k]) + 0.05 for k in range(3)]
+    assert 1.0 < stacked_vendi(soft) < 0.9 * stacked_vendi([_one_hot(every[:, k]) for k in range(3)])

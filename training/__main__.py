@@ -66,6 +66,15 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--name", help="default: every model")
     o.add_argument("--version", type=int, help="default: every version")
 
+    s = commands.add_parser("select", help="choose a snapshot on validation, report it on the test split")
+    s.add_argument("--run-dir", required=True, type=Path, help="the run; selection.json is written here")
+    s.add_argument("--snapshots", type=Path, nargs="*", default=[], help="folders holding a checkpoint.pt")
+    s.add_argument("--every", type=int, help="resume the run in segments of this many steps, a snapshot each")
+    s.add_argument("--steps", type=int, help="with --every: train up to this step")
+    s.add_argument("--model-dir", required=True, type=Path)
+    s.add_argument("--name", required=True)
+    s.add_argument("--samples", type=int, help="smaller image protocols (a quick check)")
+
     v = commands.add_parser("evaluator", help="train and ship an evaluator network (quality metrics)")
     v.add_argument("--data", required=True, choices=("fashion-mnist", "mnist"))
     v.add_argument("--space", choices=("first", "independent"), default="first", help="which evaluator")
@@ -123,6 +132,20 @@ def main(argv: list[str] | None = None) -> int:
             from training.evaluate import evaluate, report
 
             print(report(evaluate(args.model_dir, args.name, args.version, args.seeds, command)))
+        elif args.command == "select":
+            from training.evaluate import report
+            from training.select import make_snapshots, select
+
+            snapshots = list(args.snapshots)
+            if args.every:
+                if not args.steps:
+                    raise ValueError("--every needs --steps (the step to train up to)")
+                snapshots += make_snapshots(args.run_dir, args.every, args.steps, command)
+            record, manifest = select(
+                args.run_dir, snapshots, args.model_dir, args.name, args.samples, command
+            )
+            print(f"chosen on validation: {record['chosen']} -> {record['exported']}")
+            print(report(manifest))
         elif args.command == "output-reference":
             from training.output_reference import add_references
 

@@ -1,6 +1,7 @@
 """Sample-quality metrics as plain numpy functions, with the exact definitions of ../shared/REFERENCE.md.
 
 2-D mixtures: VEEGAN/PacGAN modes, % high quality and reverse KL. Stacked MNIST: modes and KL to uniform.
+Stacked MNIST's Vendi score: the `vendi-score` package over the class probabilities.
 Feature spaces: Fréchet distance, KID (unbiased, cubic kernel), improved precision/recall (k = 3) and
 density/coverage (k = 5).
 """
@@ -52,6 +53,23 @@ def stacked_modes(digits: np.ndarray) -> tuple[int, float]:
     labels = digits[:, 0] * 100 + digits[:, 1] * 10 + digits[:, 2]
     counts = np.bincount(labels, minlength=1000)
     return int((counts > 0).sum()), kl_to_uniform(counts)
+
+
+def stacked_vendi(channels: list[np.ndarray]) -> float:
+    """Vendi score (Friedman & Dieng 2023) of stacked samples under the probability product kernel with
+    ρ = 1/2 (Jebara et al. 2004) over the classifier's 1,000-class probabilities:
+    k(x, x') = Σ_y √p(y|x) √p(y|x'), so k(x, x) = 1 and K = Φ Φᵀ with Φ(x) = √p(·|x).
+
+    The classifier reads each channel alone, so p(abc|x) = p₀(a) p₁(b) p₂(c) and Φ(x) is the outer product of
+    the three channels' √p. The score is computed by the package's `score_dual` (the eigenvalues of Φᵀ Φ / N,
+    which are the non-zero eigenvalues of K / N), so N = 26,000 needs a 1,000 × 1,000 matrix, not N × N;
+    tests check it against `score_K` on the explicit kernel. It lies between 1 and 1,000.
+    """
+    from vendi_score import vendi
+
+    roots = [np.sqrt(np.clip(p, 0.0, None)).astype(np.float32) for p in channels]
+    phi = np.einsum("na,nb,nc->nabc", *roots).reshape(len(roots[0]), -1)
+    return float(vendi.score_dual(phi, normalize=False))
 
 
 def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
