@@ -416,7 +416,9 @@ def test_fast_path_answers_like_the_fastapi_route(
     for fast in (True, False):
         with TestClient(create_app(Settings(model_dir=model_dir, max_n=256, fast_path=fast))) as client:
             response = client.post(
-                "/generate", content=body, headers={"content-type": "application/json"} | headers
+                "/generate",
+                content=body,
+                headers={"content-type": "application/json", "x-request-id": "same"} | headers,
             )
             metrics = client.get("/metrics").text
         rejections = [line for line in metrics.splitlines() if line.startswith("gan_rejections_total{")]
