@@ -61,6 +61,12 @@ async def get_state(request: Request) -> AppState:  # async: a sync dependency c
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
+def untruncated(body: GenerateRequest | AugmentRequest) -> bool | None:
+    """Truncated latents are not samples of the distribution the output monitor's reference describes: False
+    keeps them out of it; None lets the monitor decide by the request (service.monitor.counted)."""
+    return False if body.truncation is not None else None
+
+
 def model_label(state: AppState, name: str) -> str:
     """The name as a metrics label: known names only, so clients cannot create new time series."""
     return name if name in state.repository.models else ""
@@ -74,7 +80,7 @@ async def generate(body: GenerateRequest, request: Request, state: StateDep) -> 
         seed = plans.chosen_seed(body.seed)
         plan = await offload(body.n, plans.generate_plan, body, model.manifest, state.settings, seed)
         tracing.annotate(model.name, model.version, plan.rows, body.format)
-        x = await run_model(model, plan.feeds, plan.rows, request, state)
+        x = await run_model(model, plan.feeds, plan.rows, request, state, monitored=untruncated(body))
         return await samples_response(
             x, body.format, model, plan, body.truncation, png_provenance=state.settings.png_provenance
         )
@@ -121,7 +127,7 @@ async def augment(body: AugmentRequest, request: Request, state: StateDep) -> Re
             rows = min(body.limit or state.settings.max_page_rows, state.settings.max_page_rows)
             plan = await offload(rows, plans.augment_plan, body, model.manifest, state.settings, seed)
         tracing.annotate(model.name, model.version, plan.rows, body.format)
-        x = await run_model(model, plan.feeds, plan.rows, request, state)
+        x = await run_model(model, plan.feeds, plan.rows, request, state, monitored=untruncated(body))
         return await samples_response(
             x, body.format, model, plan, png_provenance=state.settings.png_provenance
         )

@@ -147,6 +147,9 @@ def test_interpolation_and_encoded_rows_are_not_counted(client: TestClient) -> N
     body = {"model": "collapsed", "start": {"seed": 1}, "end": {"seed": 2}, "steps": 2, "format": "npy"}
     assert client.post("/interpolate", json=body).status_code == 200  # 2 rows: sketched inline if at all
     one = {"model": "collapsed", "n": 1, "seed": 5, "format": "npy"}
+    truncated = one | {"truncation": 0.5}
+    assert client.post("/generate", json=truncated).status_code == 200  # another distribution: not counted
+    assert client.post("/augment", json=truncated | {"format": "npz"}).status_code == 200  # nor here
     assert client.post("/generate", json=one).status_code == 200  # ... and this one is
     assert gauges(client)["collapsed"]["gan_output_monitored_rows_total"] == before + 1
     assert counted({"path": "/generate"}) and counted({"path": "/v2/models/m/versions/1/infer"})
