@@ -145,6 +145,10 @@ def test_compose_services_profiles_and_mounts() -> None:
     scrape = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
     targets = scrape["scrape_configs"][0]["static_configs"][0]["targets"]
     assert {f"{name}:8000" for name in ("service", "service-gpu")} == set(targets)
+    mounts = dict(v.split(":")[:2] for v in services["prometheus"]["volumes"] if v.startswith("./"))
+    for pattern in scrape["rule_files"]:  # the rules the config loads are mounted where it looks for them
+        folder = str(Path(pattern).parent)
+        assert mounts.get(f"./deploy/prometheus/{folder}") == f"/etc/prometheus/{folder}", pattern
 
 
 def test_prometheus_config_passes_promtool() -> None:
