@@ -31,6 +31,7 @@ ALERTS = [
     "GanOutputDrift",
     "GanOutputDiversityOutOfBand",
     "GanDatasetJobsFailing",
+    "GanServiceDown",
 ]
 
 
