@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     v = commands.add_parser("evaluator", help="train and ship an evaluator network (quality metrics)")
     v.add_argument("--data", required=True, choices=("fashion-mnist", "mnist"))
     v.add_argument("--space", choices=("first", "independent"), default="first", help="which evaluator")
-    v.add_argument("--epochs", type=int, help="default: 3 (first), 6 / 20 (independent, fashion / mnist)")
+    v.add_argument("--epochs", type=int, help="default: 3 (first), 10 / 20 (independent, fashion / mnist)")
     v.add_argument("--seed", type=int, help="default: 0 (first), 1 (independent)")
     v.add_argument("--out", type=Path, help="default: training/evaluators/<data>[/independent]")
     edit_cli.add_commands(commands)
