@@ -77,6 +77,8 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
 
 
+# Cached: a job's rows share all their text but the index (model, version, sha256, seed, class).
+@functools.lru_cache(maxsize=4096)
 def _text_chunk(key: str, value: str) -> bytes:
     """tEXt where the value is Latin-1 (as PIL's PngInfo.add_text writes it), else uncompressed iTXt."""
     keyword = key.encode("latin-1")
