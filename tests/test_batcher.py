@@ -462,9 +462,9 @@ def test_cancelled_background_rows_are_dropped_and_a_drain_fails_them_at_once() 
     lanes(test, background_runners=1)
 
 
-def test_background_batches_are_bigger_by_default() -> None:
-    """Background rows go in batches of up to 512 rows (fewer hand-offs through the event loop), interactive ones
-    in max_batch_rows; the outputs are the same rows either way."""
+def test_background_batches_are_at_least_64_rows_by_default() -> None:
+    """Background rows go in batches of max(max_batch_rows, 64) rows, interactive ones in max_batch_rows; the
+    outputs are the same rows either way."""
     sizes: list[tuple[int, bool]] = []
 
     def infer(feeds: dict[str, np.ndarray]) -> np.ndarray:
@@ -482,4 +482,4 @@ def test_background_batches_are_bigger_by_default() -> None:
             await batcher.close()
 
     asyncio.run(main())
-    assert sizes == [(512, True), (88, True), (4, False), (2, False)]
+    assert sizes == [(64, True)] * 9 + [(24, True), (4, False), (2, False)]
