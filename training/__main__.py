@@ -61,7 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--shots", type=int, nargs="*", default=[10, 50, 500], help="real rows per class")
     u.add_argument("--threads", type=int, help="torch threads (default: torch's)")
 
-    o = commands.add_parser("output-reference", help="add the output monitor's reference statistics to manifests")
+    o = commands.add_parser(
+        "output-reference", help="add the output monitor's reference statistics to manifests"
+    )
     o.add_argument("--model-dir", required=True, type=Path)
     o.add_argument("--name", help="default: every model")
     o.add_argument("--version", type=int, help="default: every version")
