@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.train_throughput import measured_run
+
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 
@@ -41,15 +43,11 @@ def images_per_s(
             "--set", f"num_threads={per_rank}", *extra,
         ]  # fmt: skip
         subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True)
-        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        cfg = json.loads((run_dir / "config.json").read_text())
-    first, last = records[0], records[-1]
-    images = (last["step"] - first["step"]) * cfg["batch_size"] * cfg["n_critic"]
-    seconds = last["wall_time_s"] - first["wall_time_s"]
+        images, seconds, steps_run = measured_run(run_dir)
     return {
         "ranks": ranks,
         "images_per_s": round(images / seconds, 1),
-        "step_ms": round(1000 * seconds / (last["step"] - first["step"]), 2),
+        "step_ms": round(1000 * seconds / steps_run, 2),
     }
 
 
@@ -114,12 +112,14 @@ def allreduce_ms(ranks: int, repeats: int) -> dict[str, Any]:
         return dict(json.loads(out.read_text()))
 
 
-def image_sizes(steps: int, warmup: int, threads: int, device: str) -> list[dict[str, Any]]:
-    """dcgan on 256 random RGB images of 64 and 128 pixels (an npz), one process."""
+def image_sizes(
+    steps: int, warmup: int, threads: int, device: str, sizes: tuple[int, ...] = (64, 128)
+) -> list[dict[str, Any]]:
+    """dcgan on 256 random RGB images of each size (64 and 128 pixels; an npz), one process."""
     import numpy as np
 
     rows = []
-    for size in (64, 128):
+    for size in sizes:
         with tempfile.TemporaryDirectory() as scratch:
             path = Path(scratch) / "images.npz"
             rng = np.random.default_rng(0)
@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="CPU threads, split between the ranks")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128], help="image sizes to time")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--probe", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     two = next((r for r in ranks if r["ranks"] == 2), None)
     share = comm["allreduce_ms_per_step"] / two["step_ms"] if two else math.nan
     print(f"all-reduce per 2-rank step: {comm['allreduce_ms_per_step']} ms = {share:.1%} of the step")
-    sizes = image_sizes(max(5, args.steps // 3), 2, args.threads, args.device)
+    sizes = image_sizes(max(5, args.steps // 3), 2, args.threads, args.device, tuple(args.sizes))
     for row in sizes:
         print(f"dcgan at {row['size']}x{row['size']} RGB, 1 process: {row['images_per_s']} images/s")
     elements = comm["D"] * comm["n_critic"] + comm["G"]

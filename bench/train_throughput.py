@@ -114,13 +114,18 @@ def our_loop(preset: str, steps: int, warmup: int, threads: int, precision: str)
             "--set", f"num_threads={threads}", "--set", f"precision={precision}",
         ]  # fmt: skip
         subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True)
-        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        cfg = json.loads((run_dir / "config.json").read_text())
-    # wall_time_s counts training steps only; from the warm-up record to the last one:
-    first, last = records[0], records[-1]
-    images = (last["step"] - first["step"]) * cfg["batch_size"] * cfg["n_critic"]
-    seconds = last["wall_time_s"] - first["wall_time_s"]
+        images, seconds, _ = measured_run(run_dir)
     return {"images_per_s": round(images / seconds, 1), "seconds": round(seconds, 2)}
+
+
+def measured_run(run_dir: Path) -> tuple[int, float, int]:
+    """(images, seconds, steps) of a training run from its warm-up record to its last one (metrics.jsonl's
+    wall_time_s counts training steps only)."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    cfg = json.loads((run_dir / "config.json").read_text())
+    first, last = records[0], records[-1]
+    steps = last["step"] - first["step"]
+    return steps * cfg["batch_size"] * cfg["n_critic"], last["wall_time_s"] - first["wall_time_s"], steps
 
 
 def plain_in_subprocess(preset: str, steps: int, warmup: int, threads: int) -> dict[str, Any]:

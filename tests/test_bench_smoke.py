@@ -109,6 +109,31 @@ def test_train_throughput_benchmark_smoke(tmp_path: Path, capsys: pytest.Capture
     assert "speed-up" in capsys.readouterr().out
 
 
+def test_train_scaling_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.train_scaling import main as scaling
+
+    out = tmp_path / "scaling.json"
+    args = [
+        "--ranks",
+        "1",
+        "--steps",
+        "3",
+        "--warmup",
+        "1",
+        "--threads",
+        "1",
+        "--repeats",
+        "2",
+        "--sizes",
+        "8",
+    ]
+    assert scaling([*args, "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [r["ranks"] for r in report["ranks"]] == [1] and report["ranks"][0]["images_per_s"] > 0
+    assert report["comm"]["allreduce_ms_per_step"] > 0 and [r["size"] for r in report["sizes"]] == [8]
+    assert "capacity model" in capsys.readouterr().out
+
+
 def test_edit_benchmark_smoke(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from bench.edit import main as edit
 
