@@ -134,6 +134,18 @@ def test_train_scaling_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFix
     assert "capacity model" in capsys.readouterr().out
 
 
+def test_tracing_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.tracing import main as tracing
+
+    out = tmp_path / "tracing.json"
+    args = ["--rounds", "1", "--duration", "0.3", "--max-requests", "10", "--concurrency", "1"]
+    assert tracing([*args, "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [r["config"] for r in report["rows"]] == ["off", "tracing", "tracing 10%", "access log"]
+    assert all(r["requests_per_s"] > 0 for r in report["rows"]) and report["exports"]
+    assert "OTLP exports" in capsys.readouterr().out
+
+
 def test_edit_benchmark_smoke(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from bench.edit import main as edit
 
