@@ -12,6 +12,8 @@ of their own (`background_runners`, default `runners`), on threads at the lowest
 batches of up to `background_batch_rows` (default 64, as interactive ones: ONNX Runtime ran 512-row batches
 10-35 % slower per row, more than the event loop's extra hand-offs cost), so an
 interactive request never waits for a runner held by background work and the OS gives it the CPU first.
+While interactive requests come (one in the last INTERACTIVE_RECENT_S), background batches use all their
+runners but one, so an interactive batch finds a core that no background batch holds.
 Background rows have no deadline and no row limit (their callers bound them), never count toward the
 interactive queue's 429 limit or its drain-rate estimate, and a drain fails them at once instead of waiting.
 """
@@ -91,6 +93,7 @@ class _Request:
     span: Span | None = field(default=None, repr=False)  # the request's span, where tracing is on
 
 
+INTERACTIVE_RECENT_S = 0.25  # background work leaves a runner free this long after an interactive request
 BACKGROUND_BATCH_ROWS = 64  # a background batch's rows (at least max_batch_rows): see above
 Chunks = list[tuple[_Request, int, int]]  # one batch: (request, first row, end row) per request in it
 
@@ -151,6 +154,8 @@ class Batcher:
         )
         self._worker: asyncio.Task[None] | None = None
         self._background_worker: asyncio.Task[None] | None = None
+        self._background_busy = 0  # background batches computing now
+        self._interactive_at = -math.inf  # when the last interactive request came (time.monotonic)
         self._computing: set[asyncio.Task[None]] = set()
         self._inflight: list[Chunks] = []  # the batches being computed, of both lanes
         self._closed = False
@@ -203,6 +208,7 @@ class Batcher:
             self._background_wakeup.set()
             future.add_done_callback(lambda _: self._forget(request))
             return future
+        self._interactive_at = now
         self._queue.append(request)
         self._queued_rows += n
         self._observer.queue_rows(self._queued_rows)
@@ -292,9 +298,14 @@ class Batcher:
         while True:
             await self._background_slots.acquire()
             try:
-                while not self._background or self._queue:
+                while not self._background or self._queue or self._background_yields():
                     self._background_wakeup.clear()
-                    await self._background_wakeup.wait()
+                    if self._background and not self._queue:  # yielding: until the traffic is past
+                        past = self._interactive_at + INTERACTIVE_RECENT_S - time.monotonic()
+                        with contextlib.suppress(TimeoutError):  # or a batch ends, or new rows come
+                            await asyncio.wait_for(self._background_wakeup.wait(), max(past, 0.001))
+                    else:
+                        await self._background_wakeup.wait()
                 chunks = self._take(self._background, background=True)
             except BaseException:
                 self._background_slots.release()
@@ -306,7 +317,16 @@ class Batcher:
                 continue
             self._launch(chunks, background=True)
 
+    def _background_yields(self) -> bool:
+        """While interactive requests come (one in the last INTERACTIVE_RECENT_S), background batches use at
+        most all but one of their runners, so an interactive batch finds a core no background batch holds."""
+        share = self.background_runners - 1 if self.background_runners > 1 else 1
+        recent = time.monotonic() - self._interactive_at < INTERACTIVE_RECENT_S
+        return recent and self._background_busy >= share
+
     def _launch(self, chunks: Chunks, background: bool) -> None:
+        if background:
+            self._background_busy += 1
         self._inflight.append(chunks)
         task = asyncio.get_running_loop().create_task(self._compute(chunks, background))
         self._computing.add(task)
@@ -361,6 +381,9 @@ class Batcher:
                 offset += b - a
         finally:
             (self._background_slots if background else self._slots).release()
+            if background:
+                self._background_busy -= 1
+                self._background_wakeup.set()
             if self._quiet():
                 self._idle.set()
 

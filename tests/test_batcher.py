@@ -483,3 +483,38 @@ def test_background_batches_are_at_least_64_rows_by_default() -> None:
 
     asyncio.run(main())
     assert sizes == [(64, True)] * 9 + [(24, True), (4, False), (2, False)]
+
+
+@pytest.mark.parametrize("interactive_first", [False, True])
+def test_background_batches_leave_a_runner_free_while_interactive_requests_come(
+    interactive_first: bool,
+) -> None:
+    """With no interactive traffic the background lane uses every runner; within INTERACTIVE_RECENT_S of an
+    interactive request it uses all but one, so the next interactive batch finds a free core."""
+    lock, running, most = threading.Lock(), [0], [0]
+
+    def infer(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        background = threading.current_thread().name.startswith("infer-bg")
+        with lock:
+            running[0] += background
+            most[0] = max(most[0], running[0])
+        time.sleep(0.02)  # long enough for the second runner to start if it may
+        with lock:
+            running[0] -= background
+        return feeds["z"] * 2
+
+    async def main() -> None:
+        batcher = Batcher(
+            infer, max_batch_rows=2, max_wait_s=0.0, max_queue_rows=8, runners=2, background_batch_rows=2
+        )
+        batcher.start()
+        try:
+            if interactive_first:
+                await batcher.submit(rows(0, 1), 1, 5)
+            out = await batcher.enqueue(rows(0, 8), 8, math.inf, background=True)
+            np.testing.assert_array_equal(out, rows(0, 8)["z"] * 2)
+        finally:
+            await batcher.close()
+
+    asyncio.run(main())
+    assert most[0] == (1 if interactive_first else 2)
