@@ -54,7 +54,6 @@ async def run_model(
     x = await run_batch(model.batcher, feeds, rows, request, state)
     metrics, settings = state.metrics, state.settings
     metrics.samples.labels(model.name).inc(rows)
-    metrics.queue_capacity.labels(model.name).set(model.batcher.max_queue_rows)
     if counted(request.scope) if monitored is None else monitored:
         monitor = metrics.outputs.monitor(model, settings.monitor_window, settings.monitor_sample)
         if monitor is not None:

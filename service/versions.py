@@ -254,6 +254,7 @@ def start_version(
         background_nice=settings.dataset_nice,
     )
     batcher.start()
+    metrics.queue_capacity.labels(found.name).set(batcher.max_queue_rows)  # once, at load: a constant
     encoder = None
     if prepared.encoder is not None:
         encoder = start_encoder(prepared.encoder, manifest, settings, metrics)

@@ -92,3 +92,16 @@ def test_the_operator_copy_is_the_same_rules() -> None:
     resource = yaml.safe_load((ROOT / "k8s/monitoring/prometheusrule.yaml").read_text())
     assert resource["kind"] == "PrometheusRule" and resource["apiVersion"] == "monitoring.coreos.com/v1"
     assert resource["spec"] == yaml.safe_load(RULES.read_text())
+
+
+def test_the_queue_capacity_is_exported_as_soon_as_a_model_loads() -> None:
+    """GanQueueSaturated divides by gan_queue_capacity_rows: it must be there before the first request."""
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+    from service.settings import Settings
+
+    with TestClient(create_app(Settings(max_queue_rows=1234))) as client:
+        lines = client.get("/metrics").text.splitlines()
+    capacity = {line for line in lines if line.startswith("gan_queue_capacity_rows{")}
+    assert capacity and all(line.endswith(" 1234.0") for line in capacity), capacity
