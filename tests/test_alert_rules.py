@@ -101,7 +101,7 @@ def test_the_queue_capacity_is_exported_as_soon_as_a_model_loads() -> None:
     from service.main import create_app
     from service.settings import Settings
 
-    with TestClient(create_app(Settings(max_queue_rows=1234))) as client:
+    with TestClient(create_app(Settings(max_queue_rows=12345))) as client:
         lines = client.get("/metrics").text.splitlines()
     capacity = {line for line in lines if line.startswith("gan_queue_capacity_rows{")}
-    assert capacity and all(line.endswith(" 1234.0") for line in capacity), capacity
+    assert capacity and all(line.endswith(" 12345.0") for line in capacity), capacity
