@@ -71,6 +71,16 @@ RESUME_CASES = {
     "cgan/extra_convs": dict(data="npz", extra_convs=True),  # 3x3 stride-1 convs in D and at G's output
     "wgan-gp": dict(data="npz"),  # n_critic = 5 and the random interpolation of the gradient penalty
     "mlp": dict(data="npz"),  # minimax, no EMA
+    # R3GAN's objective (rpgan + R1 + R2) behind all three DiffAugment policies: their random draws resume too
+    "mlp/r3gan-diffaug": dict(
+        data="npz",
+        loss="rpgan",
+        r1_gamma=1.0,
+        r2_gamma=1.0,
+        diffaug="color,translation,cutout",
+        ema_decay=0.9,
+    ),
+    "cgan/rpgan": dict(data="npz", loss="rpgan", diffaug="translation"),  # paired real and fake labels
     "toy2d": dict(data="ring8", pack=2, r1_gamma=0.1),  # on-the-fly sampling, packing, R1
     # MGAN: affine sub-generators and the classifier, whose weights and optimiser must resume too
     "toy2d/mgan": dict(data="ring8", g_mixture=4, g_layers=0, mixture_beta=1.0),

@@ -6,7 +6,17 @@ import pytest
 import torch
 from torch import nn
 
-from training.losses import WGANGP, Hinge, LeastSquares, Minimax, NonSaturating, gradient_penalty, make_loss
+from training.losses import (
+    R2,
+    WGANGP,
+    Hinge,
+    LeastSquares,
+    Minimax,
+    NonSaturating,
+    RelativisticPairing,
+    gradient_penalty,
+    make_loss,
+)
 
 
 class ConstantD(nn.Module):
@@ -121,3 +131,20 @@ def test_the_terms_share_one_call_signature_and_carry_their_weight() -> None:
     full = make_objectives("wgan-gp", 5.0, r1_gamma=1.0, mixture_beta=2.0)
     assert isinstance(full.gan, WGANGP) and full.gan.gp_lambda == 5.0
     assert full.r1 is not None and full.r1.weight == 0.5 and full.mgan is not None and full.mgan.weight == 2.0
+
+
+def test_relativistic_pairing_known_values_and_needs_the_real_batch() -> None:
+    rp = RelativisticPairing()
+    # D: 2 on real, -1 on fake. D's loss softplus(D(fake) - D(real)), G's the reverse.
+    assert float(rp.d_loss(D, real, fake, None)) == pytest.approx(math.log1p(math.exp(-3.0)), rel=1e-6)
+    assert float(rp.g_loss(D, fake, None, real)) == pytest.approx(math.log1p(math.exp(3.0)), rel=1e-6)
+    assert rp.paired and not NonSaturating().paired
+    with pytest.raises(ValueError, match="pass real"):
+        rp.g_loss(D, fake, None)
+
+
+def test_r2_penalises_the_gradient_at_the_given_samples() -> None:
+    w = torch.tensor([3.0, 4.0])
+    term = R2(gamma=2.0)
+    assert term.weight == 1.0
+    assert float(term(LinearCritic(w), fake, None)) == pytest.approx(25.0)

@@ -13,8 +13,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from training.diffaugment import parse_policy
+
 Arch = Literal["mlp", "dcgan"]
-LossName = Literal["minimax", "nonsaturating", "wgan-gp", "hinge", "lsgan"]
+LossName = Literal["minimax", "nonsaturating", "wgan-gp", "hinge", "lsgan", "rpgan"]
 DNorm = Literal["batch", "layer", "none"]
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16"]
@@ -64,6 +66,10 @@ class TrainConfig(Architecture):
     n_critic: int = 1  # discriminator steps per generator step
     gp_lambda: float = 10.0
     r1_gamma: float = 0.0  # R1 penalty γ/2·E||∇D(x_real)||² (Mescheder et al. 2018); 0 disables
+    r2_gamma: float = 0.0  # R2: the same on fake samples (R3GAN: rpgan + R1 + R2); 0 disables
+    # DiffAugment (Zhao et al. 2020) on everything D sees: a comma-separated subset of color, translation,
+    # cutout (training.diffaugment); "" disables. Image data only.
+    diffaug: str = ""
     # MGAN's β: a classifier learns which sub-generator made each fake sample and G adds β × its
     # cross-entropy, so that two sub-generators on one mode are pushed apart. 0 disables; needs g_mixture > 1.
     mixture_beta: float = 0.0
@@ -118,8 +124,10 @@ class TrainConfig(Architecture):
             )
         if self.extra_convs and self.arch != "dcgan":
             raise ValueError(f"extra_convs needs arch 'dcgan', got arch '{self.arch}'")
-        if self.r1_gamma < 0:
-            raise ValueError(f"r1_gamma must be >= 0, got {self.r1_gamma}")
+        for name in ("r1_gamma", "r2_gamma"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        parse_policy(self.diffaug)
         if self.channels not in (None, 1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
 

@@ -189,7 +189,13 @@ def _train(
 
     # Step 3. Networks (DDP-wrapped under torchrun), EMA copy of G, optimisers, objectives; this rank's part.
     nets = Nets.build(cfg, spec, device, ranks)
-    objectives = make_objectives(cfg.loss, cfg.gp_lambda, cfg.r1_gamma, cfg.mixture_beta, ranks)
+    if cfg.diffaug and source.spec.kind != "image":
+        raise ValueError(
+            f"diffaug '{cfg.diffaug}' augments images; data '{cfg.data}' is {source.spec.kind} data"
+        )
+    objectives = make_objectives(
+        cfg.loss, cfg.gp_lambda, cfg.r1_gamma, cfg.mixture_beta, ranks, r2_gamma=cfg.r2_gamma
+    )
     bf16 = use_bf16(cfg.precision, device, cfg.arch)
     latents = Latents(spec, cfg.batch_size, latent_gen, ranks.part(cfg.batch_size))
     # What this invocation really runs on: `auto` settings resolve per machine, and wall times mean

@@ -25,8 +25,13 @@ class Loss:
     ) -> torch.Tensor:
         raise NotImplementedError
 
-    def g_loss(self, D: nn.Module, fake: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+    def g_loss(
+        self, D: nn.Module, fake: torch.Tensor, c: torch.Tensor | None, real: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`real`: a real batch with the same labels `c`, for the losses that pair real and fake (`paired`)."""
         raise NotImplementedError
+
+    paired = False  # g_loss needs `real`
 
 
 class Minimax(Loss):
@@ -36,14 +41,14 @@ class Minimax(Loss):
         # -log σ(l) = softplus(-l), -log(1 - σ(l)) = softplus(l)
         return F.softplus(-D(real, c)).mean() + F.softplus(D(fake, c)).mean()
 
-    def g_loss(self, D: nn.Module, fake: Tensor, c: Tensor | None) -> Tensor:
+    def g_loss(self, D: nn.Module, fake: Tensor, c: Tensor | None, real: Tensor | None = None) -> Tensor:
         return -F.softplus(D(fake, c)).mean()  # = mean log(1 - σ(l))
 
 
 class NonSaturating(Minimax):
     """The same D objective; G maximises log D(G(z)) instead (the paper's practical variant)."""
 
-    def g_loss(self, D: nn.Module, fake: Tensor, c: Tensor | None) -> Tensor:
+    def g_loss(self, D: nn.Module, fake: Tensor, c: Tensor | None, real: Tensor | None = None) -> Tensor:
         return F.softplus(-D(fake, c)).mean()
 
 
@@ -53,7 +58,7 @@ class Hinge(Loss):
     def d_loss(self, D: nn.Module, real: Tensor, fake: Tensor, c: Tensor | None) -> Tensor:
         return F.relu(1.0 - D(real, c)).mean() + F.relu(1.0 + D(fake, c)).mean()
 
-    def g_loss(self, D: nn.Module, fake: Tensor, c: Tensor | None) -> Tensor:
+    def g_loss(self, D: nn.Module, fake: Tensor, c: Tensor | None, real: Tensor | None = None) -> Tensor:
         return -D(fake, c).mean()
 
 
@@ -63,8 +68,23 @@ class LeastSquares(Loss):
     def d_loss(self, D: nn.Module, real: Tensor, fake: Tensor, c: Tensor | None) -> Tensor:
         return 0.5 * ((D(real, c) - 1.0) ** 2).mean() + 0.5 * (D(fake, c) ** 2).mean()
 
-    def g_loss(self, D: nn.Module, fake: Tensor, c: Tensor | None) -> Tensor:
+    def g_loss(self, D: nn.Module, fake: Tensor, c: Tensor | None, real: Tensor | None = None) -> Tensor:
         return 0.5 * ((D(fake, c) - 1.0) ** 2).mean()
+
+
+class RelativisticPairing(Loss):
+    """RpGAN (Jolicoeur-Martineau 2019), as R3GAN uses it (Huang et al. 2024, with R1 and R2): each real sample
+    is paired with a fake one of the same labels, D maximises log σ(D(real) - D(fake)), G the reverse."""
+
+    paired = True
+
+    def d_loss(self, D: nn.Module, real: Tensor, fake: Tensor, c: Tensor | None) -> Tensor:
+        return F.softplus(D(fake, c) - D(real, c)).mean()
+
+    def g_loss(self, D: nn.Module, fake: Tensor, c: Tensor | None, real: Tensor | None = None) -> Tensor:
+        if real is None:
+            raise ValueError("rpgan's generator loss pairs each fake sample with a real one: pass real")
+        return F.softplus(D(real, c) - D(fake, c)).mean()
 
 
 def gradient_penalty(
@@ -104,6 +124,10 @@ class R1(Term):
         return r1_penalty(D, real, c)
 
 
+class R2(R1):
+    """R2 (R3GAN's second term): the same penalty on fake samples, E||∇ₓD(G(z), c)||², γ/2 times it."""
+
+
 class ComponentCrossEntropy(Term):
     """MGAN's classifier term (Hoang et al. 2018): the cross-entropy of a classifier C that names the
     sub-generator (`component`) of each fake sample. C minimises it; G's loss adds β times it, which pushes
@@ -133,7 +157,7 @@ class WGANGP(Loss):
         gp = gradient_penalty(D, real, fake, c, eps)
         return D(fake, c).mean() - D(real, c).mean() + self.gp_lambda * gp
 
-    def g_loss(self, D: nn.Module, fake: Tensor, c: Tensor | None) -> Tensor:
+    def g_loss(self, D: nn.Module, fake: Tensor, c: Tensor | None, real: Tensor | None = None) -> Tensor:
         return -D(fake, c).mean()
 
 
@@ -144,6 +168,7 @@ def make_loss(name: str, gp_lambda: float = 10.0, ranks: Ranks | None = None) ->
         "hinge": Hinge(),
         "lsgan": LeastSquares(),
         "wgan-gp": WGANGP(gp_lambda, ranks),
+        "rpgan": RelativisticPairing(),
     }
     if name not in losses:
         raise ValueError(f"unknown loss '{name}'; choose one of {sorted(losses)}")
@@ -155,17 +180,24 @@ class Objectives:
     """What training minimises: the GAN loss, and the terms D's and G's losses add where they are enabled."""
 
     gan: Loss
-    r1: R1 | None = None  # D's
+    r1: R1 | None = None  # D's, on real samples
+    r2: R2 | None = None  # D's, on fake samples
     mgan: ComponentCrossEntropy | None = None  # C's loss, and G's
 
 
 def make_objectives(
-    loss: str, gp_lambda: float, r1_gamma: float, mixture_beta: float, ranks: Ranks | None = None
+    loss: str,
+    gp_lambda: float,
+    r1_gamma: float,
+    mixture_beta: float,
+    ranks: Ranks | None = None,
+    r2_gamma: float = 0.0,
 ) -> Objectives:
     """Every loss is a mean over this rank's samples: with equal slices, DDP's average of the ranks'
     gradients is the gradient of the global batch's mean."""
     return Objectives(
         make_loss(loss, gp_lambda, ranks),
         R1(r1_gamma) if r1_gamma > 0 else None,
+        R2(r2_gamma) if r2_gamma > 0 else None,
         ComponentCrossEntropy(mixture_beta) if mixture_beta > 0 else None,
     )

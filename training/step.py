@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from training.config import TrainConfig
 from training.data import Source
+from training.diffaugment import augmented, parse_policy
 from training.distributed import Ranks, data_parallel
 from training.losses import Objectives
 from training.networks import ComponentClassifier, NetSpec, build_networks
@@ -138,18 +139,25 @@ def train_step(
     ranks); the others are called plain: no gradient of theirs is kept, so none need be sent."""
     G, D, device = nets.G, nets.D, latents.device
     parallel_g, parallel_d = nets.parallel.get("G", G), nets.parallel.get("D", D)
+    policy = parse_policy(cfg.diffaug)
+
+    def seen(net: nn.Module, phase: int) -> nn.Module:
+        """D as this phase of the step sees its inputs: behind DiffAugment when the config asks for it."""
+        return augmented(net, policy, cfg.seed, step, phase, cfg.batch_size, latents.part)
+
     losses: dict[str, Tensor] = {}
     for i in range(cfg.n_critic):
         x_real, y_real = source.batch(step * cfg.n_critic + i, cfg.batch_size, latents.part)
         x_real = x_real.to(device, non_blocking=True)
         z, c = latents(y_real)
+        d_seen = seen(parallel_d, i)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             with torch.no_grad():
                 x_fake = G(z, c)
-            losses["d_loss"] = objectives.gan.d_loss(parallel_d, x_real, x_fake, c)
-            if objectives.r1 is not None:
-                r1 = objectives.r1(parallel_d, x_real, c)
-                losses["d_loss"] = losses["d_loss"] + objectives.r1.weight * r1
+            losses["d_loss"] = objectives.gan.d_loss(d_seen, x_real, x_fake, c)
+            for term, x in ((objectives.r1, x_real), (objectives.r2, x_fake)):
+                if term is not None:
+                    losses["d_loss"] = losses["d_loss"] + term.weight * term(d_seen, x, c)
         _update(nets.opt_d, losses["d_loss"])
         if objectives.mgan is not None:
             parallel_c = nets.parallel.get("C", nets.C)
@@ -157,10 +165,13 @@ def train_step(
                 losses["c_loss"] = objectives.mgan(parallel_c, x_fake, G.component(z))
             _update(nets.opt_c, losses["c_loss"])
 
-    z, c = latents()
+    # A loss that pairs each fake sample with a real one (rpgan) makes G's batch with the last real batch's
+    # labels and judges the two together; the others draw fresh labels.
+    paired = objectives.gan.paired
+    z, c = latents(y_real) if paired else latents()
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         x_fake = parallel_g(z, c)
-        losses["g_loss"] = objectives.gan.g_loss(D, x_fake, c)
+        losses["g_loss"] = objectives.gan.g_loss(seen(D, cfg.n_critic), x_fake, c, x_real if paired else None)
         if objectives.mgan is not None:
             term = objectives.mgan(nets.C, x_fake, G.component(z))
             losses["g_loss"] = losses["g_loss"] + objectives.mgan.weight * term
