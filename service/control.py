@@ -85,9 +85,24 @@ class ModelControl:
                 entries.append(IndexEntry(name, str(number), state, model.reason or ""))
         return [e for e in entries if e.state == "READY"] if ready_only else entries
 
-    async def load(self, name: str) -> list[ModelVersion]:
+    def one_process(self) -> None:
+        """A load or unload call acts on the process that answers it: with GAN_WORKERS > 1 it would leave the
+        other workers serving something else, so it is refused (the directory poll acts in every worker)."""
+        if self.settings.workers > 1:
+            from service.errors import ApiError  # here: service.errors imports this module
+
+            raise ApiError(
+                409,
+                f"model control calls act on one process and GAN_WORKERS is {self.settings.workers}: change the "
+                "model directory with GAN_MODEL_POLL_S on (every worker polls it), or run GAN_WORKERS=1",
+                "GAN_WORKERS",
+            )
+
+    async def load(self, name: str, polled: bool = False) -> list[ModelVersion]:
         """(Re)load `name` from disk beside what serves, then swap; ControlError naming each version that failed
         (the others are swapped in all the same, and a serving version whose new files failed keeps serving)."""
+        if not polled:
+            self.one_process()
         async with self._locks[name]:
             try:
                 found = self.on_disk().get(name)
@@ -146,8 +161,10 @@ class ModelControl:
         log.info("model %s loaded beside the serving versions in %.2fs", model.key, model.load_seconds)
         return model
 
-    async def unload(self, name: str) -> None:
+    async def unload(self, name: str, polled: bool = False) -> None:
         """Take every version of `name` out of service; each closes once no request holds it."""
+        if not polled:
+            self.one_process()
         async with self._locks[name]:
             versions = self.repository.models.pop(name, None)
             if versions is None:
@@ -191,11 +208,11 @@ class ModelControl:
             loaded = {n: self.failed_marks.get((name, n), m.fingerprint) for n, m in current.items()}
             if marks != loaded:
                 with contextlib.suppress(ControlError):  # logged by the load; nothing serving changed
-                    await self.load(name)
+                    await self.load(name, polled=True)
         for name in sorted(set(self.repository.models) - set(on_disk)):
             log.info("model %s is gone from %s: unloading it", name, self.settings.model_dir)
             with contextlib.suppress(ModelNotFound):
-                await self.unload(name)
+                await self.unload(name, polled=True)
             # gone, not unloaded by a call: the poll loads it again if it comes back
             self.unloaded.discard(name)
 

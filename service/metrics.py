@@ -1,8 +1,17 @@
-"""Prometheus metrics, declared once, on a registry per app (so tests can build many apps)."""
+"""Prometheus metrics, declared once, on a registry per app (so tests can build many apps).
+
+Under GAN_WORKERS > 1 (service.workers) every worker's values go to files in PROMETHEUS_MULTIPROC_DIR, and the
+registry /metrics exposes is a MultiProcessCollector over them: counters and histograms summed over every
+worker that ever ran, each gauge as its `multiprocess_mode` says (live workers only). The output monitors
+(gan_output_*) are a custom collector, the answering worker's own window of what it served.
+"""
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from service.monitor import OutputMonitors
 
@@ -38,14 +47,24 @@ class Metrics:
         self.batch_rows = Histogram(
             "gan_batch_rows", "Rows per inference batch", ["model"], buckets=ROWS_BUCKETS, registry=r
         )
+        # Workers' gauges: what adds up (in flight, queued, queue room) sums over the live workers; what each
+        # worker holds alike (models loaded, their quality) is the most recent live value.
         self.inflight = Gauge(
-            "gan_inflight_requests", "Requests accepted and not yet answered (probes excluded)", registry=r
+            "gan_inflight_requests", "Requests accepted and not yet answered (probes excluded)", registry=r,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.queue_rows = Gauge(
+            "gan_queue_rows", "Rows waiting to be batched", ["model"], registry=r, multiprocess_mode="livesum"
         )
-        self.queue_rows = Gauge("gan_queue_rows", "Rows waiting to be batched", ["model"], registry=r)
         self.queue_capacity = Gauge(
             "gan_queue_capacity_rows", "Rows that may wait per model version before 429 (GAN_MAX_QUEUE_ROWS)",
-            ["model"], registry=r,
+            ["model"], registry=r, multiprocess_mode="livesum",
         )  # fmt: skip
+        self.workers = Gauge(
+            "gan_worker_processes", "Worker processes serving (GAN_WORKERS; each live one adds 1)", registry=r,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.workers.set(1)
         self.samples = Counter("gan_samples_generated", "Samples generated", ["model"], registry=r)
         self.rejections = Counter(
             "gan_rejections", "Requests refused or dropped, by reason", ["model", "reason"], registry=r
@@ -55,6 +74,7 @@ class Metrics:
             "Quality metrics from the model's manifest",
             ["model", "version", "metric"],
             registry=r,
+            multiprocess_mode="livemostrecent",
         )
         self.model_loads = Counter(
             "gan_model_loads", "Version loads (at start, by a load call or the poll), by outcome (ok, failed)",
@@ -65,15 +85,16 @@ class Metrics:
             registry=r,
         )  # fmt: skip
         self.versions_loaded = Gauge(
-            "gan_model_versions_loaded", "Ready versions per model", ["model"], registry=r
-        )
+            "gan_model_versions_loaded", "Ready versions per model", ["model"], registry=r,
+            multiprocess_mode="livemostrecent",
+        )  # fmt: skip
         self.model_load_seconds = Histogram(
             "gan_model_load_seconds", "Time from the start of a version's load to ready (batchers started)",
             ["model"], buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.model_info = Gauge(
             "gan_model_info", "Loaded model versions (1 = ready, 0 = failed)",
-            ["model", "version", "provider", "sha256", "status"], registry=r,
+            ["model", "version", "provider", "sha256", "status"], registry=r, multiprocess_mode="livemostrecent",
         )  # fmt: skip
         self.dataset_jobs = Counter(
             "gan_dataset_jobs_finished", "Dataset jobs that ended, by outcome (done, failed)", ["outcome"],
@@ -82,7 +103,10 @@ class Metrics:
         for outcome in ("done", "failed"):  # from 0: a first failure is an increase Prometheus can see
             self.dataset_jobs.labels(outcome)
         self.outputs = OutputMonitors()  # gan_output_drift, gan_output_diversity, ... (service.monitor)
-        r.register(self.outputs)
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # GAN_WORKERS > 1: expose every worker's files
+            self.registry = CollectorRegistry()
+            MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
+        self.registry.register(self.outputs)
 
 
 class ModelObserver:

@@ -141,9 +141,10 @@ def available_cpus() -> int:
     return cpus
 
 
-def intra_op_threads(requested: int, runners: int) -> int:
-    """0 = auto: the available CPUs shared out between the runners (at least 1 each)."""
-    return requested or max(1, available_cpus() // runners)
+def intra_op_threads(requested: int, runners: int, workers: int = 1) -> int:
+    """0 = auto: the available CPUs shared out between the worker processes (GAN_WORKERS), then between each
+    one's runners (at least 1 each)."""
+    return requested or max(1, available_cpus() // workers // runners)
 
 
 def requested_providers(device: str, config: RuntimeConfig | None = None, device_id: int = 0) -> list[Any]:

@@ -89,6 +89,12 @@ class Settings(BaseSettings):
     )
     metrics_public: bool = Field(False, description="with keys set, let /metrics answer without a key")
 
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="worker processes serving GAN_HOST:GAN_PORT (SO_REUSEPORT), each with its own ONNX Runtime sessions and batchers; /metrics sums them all; 1: one process (service.workers)",
+    )
     runners: int = Field(
         2, ge=1, le=64, description="batches computed at once per model version, each on its own thread"
     )
@@ -99,7 +105,10 @@ class Settings(BaseSettings):
         description="a batch of at most this many rows, with nothing else queued or computing, runs on the event loop (0: never)",
     )
     intra_op_threads: int = Field(
-        0, ge=0, le=256, description="ONNX Runtime threads per run (0 = the available CPUs / GAN_RUNNERS)"
+        0,
+        ge=0,
+        le=256,
+        description="ONNX Runtime threads per run (0 = the available CPUs / GAN_WORKERS / GAN_RUNNERS)",
     )
     inter_op_threads: int = Field(
         0, ge=0, le=256, description="ONNX Runtime inter-op threads (0 = ORT default)"

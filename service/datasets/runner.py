@@ -5,6 +5,11 @@ A job holds the model version it was created on for its whole life (Repository.h
 closes it underneath; its version and ONNX sha256 are recorded, and a resumed job refuses any other graph.
 A job's CPU work (latents, encoding) runs in worker processes at the lowest priority: mostly Python, it would
 hold the GIL against the event loop in a thread.
+
+GAN_WORKERS > 1 (service.workers): a job's task, its progress and the limits' check live in one process, so
+worker 0 alone resumes unfinished jobs and expires old ones, every worker reads jobs and shards from SQLite, and
+creating a job, or deleting a running one, is refused with a 409 naming GAN_WORKERS (no worker can cancel
+another's task); a finished job is deleted by any worker.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from service.plans import chosen_seed
 from service.repository import ModelNotFound, ModelUnavailable
 from service.state import AppState
 from service.versions import ReadyModel
+from service.workers import runs_dataset_jobs
 
 log = logging.getLogger("service.datasets")
 DEPTH = 3  # shards in the making at once: latents, generator and encoding of the next ones overlap the writes
@@ -75,6 +81,10 @@ class DatasetJobs:
 
     async def start(self) -> None:
         """Resume every unfinished job (from its first incomplete shard), and expire finished ones."""
+        if not runs_dataset_jobs():  # another worker than 0: reads only
+            if (self.root / DB_FILE).exists():
+                self.open_store()
+            return
         if (self.root / DB_FILE).exists():
             store = self.open_store()
             await self.sweep()
@@ -110,6 +120,7 @@ class DatasetJobs:
     def create(self, body: DatasetRequest) -> Job:
         """Check every limit, record the job and start it. No await inside: the limits cannot race."""
         settings = self.settings
+        self.one_process("created")
         model = self.state.repository.get(body.model, body.version)  # held for the request, 404 / 503
         manifest, field = model.manifest, body.plan_field()
         plan = RowPlan.of(resolved(body, model, settings.png_provenance), manifest)
@@ -125,6 +136,15 @@ class DatasetJobs:
         store.insert(job)
         self.spawn(job.id)
         return job
+
+    def one_process(self, what: str) -> None:
+        if self.settings.workers > 1:
+            raise ApiError(
+                409,
+                f"dataset jobs are {what} only with GAN_WORKERS=1 (it is {self.settings.workers}): a job runs in "
+                "one process, which the other workers cannot reach; recorded jobs are read, finished ones deleted",
+                "GAN_WORKERS",
+            )
 
     def retry_after(self, running: list[Job]) -> int:
         """Seconds until the running job closest to the end finishes, at its measured rate (1 .. 3600)."""
@@ -155,10 +175,11 @@ class DatasetJobs:
         rate = (done - rows_then) / elapsed
         return rate, (job.total_rows - done) / rate
 
-    async def delete(self, job_id: str) -> None:
+    async def delete(self, job_id: str, expired: bool = False) -> None:
         """Cancel the job if it runs, then remove it: its row first, then its files (start-up removes the files
         of a delete that was killed halfway)."""
-        self.job(job_id)
+        if self.job(job_id).state == "running" and not expired:
+            self.one_process("running and deleted")
         task = self.tasks.get(job_id)
         if task is not None:
             task.cancel()
@@ -173,7 +194,7 @@ class DatasetJobs:
             return
         for job_id in self.store.expired(time.time() - self.settings.dataset_retention_s):
             log.info("dataset job %s: expired (GAN_DATASET_RETENTION_S)", job_id)
-            await self.delete(job_id)
+            await self.delete(job_id, expired=True)
 
     async def sweep_forever(self, interval: float) -> None:
         while True:
