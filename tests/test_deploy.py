@@ -129,13 +129,19 @@ def test_compose_services_profiles_and_mounts() -> None:
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
     assert services["service-gpu"]["environment"]["GAN_DEVICE"] == "cuda"
     assert services["train"]["profiles"] == ["train"]
+    data_volumes: set[str] = set()
     for name in ("service", "service-gpu"):
         service = services[name]
         assert service["read_only"] is True and "/tmp" in service["tmpfs"]
         assert "models:/models:ro" in service["volumes"]
+        # dataset jobs write under GAN_DATA_DIR: a writable volume there, its own for each service
+        data_dir = service["environment"]["GAN_DATA_DIR"]
+        (data,) = [v.split(":")[0] for v in service["volumes"] if v.split(":")[1:] == [data_dir]]
+        data_volumes.add(data)
         drain = float(service["environment"]["GAN_DRAIN_TIMEOUT_S"])
         assert seconds(service["stop_grace_period"]) > drain
         assert service["healthcheck"]["test"][-1] in app_paths()
+    assert len(data_volumes) == 2  # the two services never share one SQLite state
     assert "models:/models" in services["train"]["volumes"]  # the volume the services read
     for service in services.values():  # every file mounted from the repository exists
         for volume in service.get("volumes", []):
@@ -334,6 +340,14 @@ def test_deployment_probes_security_and_drain(overlay: str) -> None:
     assert pod["terminationGracePeriodSeconds"] > pause + float(config["GAN_DRAIN_TIMEOUT_S"])
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert mounts[config["GAN_MODEL_DIR"]]["readOnly"] is True and "/tmp" in mounts
+    data = mounts[
+        config["GAN_DATA_DIR"]
+    ]  # dataset jobs write there: a writable volume, larger than the budget
+    assert not data.get("readOnly")
+    (volume,) = [v for v in pod["volumes"] if v["name"] == data["name"]]
+    budget = int(config.get("GAN_DATASET_DISK_BYTES", Settings.model_fields["dataset_disk_bytes"].default))
+    size = volume["emptyDir"]["sizeLimit"]
+    assert size.endswith("Gi") and int(size[:-2]) << 30 > budget
     Settings.model_validate(
         {key[4:].lower(): value for key, value in config.items()}
     )  # the service accepts it
