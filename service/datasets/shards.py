@@ -208,6 +208,15 @@ def parquet_shard(
     return bytes(sink.getvalue().to_pybytes())
 
 
+def warm_parquet() -> None:
+    """pyarrow's first conversion of Python objects costs about a second (it imports pandas, when installed,
+    to check their types): a worker pays it once at start, beside its first calls, not inside a parquet job."""
+    import pyarrow as pa
+
+    pa.array([b""], type=pa.binary())
+    pa.array([0], type=pa.int64())
+
+
 def npz_shard(identity: Identity, plan: Plan, values: np.ndarray) -> bytes:
     """x, seed, index, and y and class_names for conditional models: /augment's npz arrays, dtypes and names."""
     arrays = {
