@@ -53,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--version", type=int, help="default: the highest version")
     q.add_argument("--seeds", type=int, default=5, help="2-D mixtures: runs of 2,500 samples")
 
+    f = commands.add_parser("contours", help="2-D models: (re)write the real-vs-generated density contours")
+    f.add_argument("--model-dir", required=True, type=Path)
+    f.add_argument("--name", required=True)
+    f.add_argument("--version", type=int, help="default: the highest version")
+    f.add_argument("--out", type=Path, help="default: contours.png beside the version's manifest")
+
     u = commands.add_parser("utility", help="downstream utility of the synthetic data (TSTR, low-data gains)")
     u.add_argument("--model-dir", required=True, type=Path)
     u.add_argument("--name", required=True)
@@ -134,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
             from training.evaluate import evaluate, report
 
             print(report(evaluate(args.model_dir, args.name, args.version, args.seeds, command)))
+        elif args.command == "contours":
+            from training.contours import contours_command
+
+            print(f"wrote {contours_command(args.model_dir, args.name, args.version, args.out)}")
         elif args.command == "select":
             from training.evaluate import report
             from training.select import make_snapshots, select

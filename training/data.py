@@ -32,7 +32,7 @@ FASHION_CLASSES = (
     "Ankle boot",
 )
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
-BUILTIN = ("ring8", "grid25", "fashion-mnist", "mnist", "stacked-mnist", "digits")
+BUILTIN = ("ring8", "grid25", "gauss2", "fashion-mnist", "mnist", "stacked-mnist", "digits")
 SOURCES = (*BUILTIN, "folder", "npz")
 Kind = Literal["image", "vector"]
 
@@ -152,7 +152,12 @@ def grid25_means() -> torch.Tensor:
     return torch.cartesian_prod(axis, axis)
 
 
-MIXTURES = {"ring8": (ring8_means, 0.01), "grid25": (grid25_means, 0.05)}
+def gauss2_means() -> torch.Tensor:
+    """The seeds' worked example: two unit-variance Gaussians at (-2, -2) and (2, 2), equal weights."""
+    return torch.tensor([[-2.0, -2.0], [2.0, 2.0]])
+
+
+MIXTURES = {"ring8": (ring8_means, 0.01), "grid25": (grid25_means, 0.05), "gauss2": (gauss2_means, 1.0)}
 
 
 # --- the factory -----------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from service.manifest import (
 )
 from training.checkpoint import CHECKPOINT, load_checkpoint
 from training.config import TrainConfig
+from training.contours import draws_contours, write_contours
 from training.data import DataSpec
 from training.device import library_versions
 from training.networks import NetSpec, build_generator
@@ -281,6 +282,9 @@ def export(
         # Step 4. The output monitor's reference statistics, from ONNX Runtime (training.output_reference).
         reference = reference_statistics(onnx_runner(onnx_path), manifest, command=command)
         save_manifest(with_reference(manifest, reference), scratch / MANIFEST_FILE)
+        # Step 5. 2-D mixtures: real and generated density contours side by side (training.contours).
+        if draws_contours(manifest.training.data, manifest.kind, manifest.num_classes):
+            write_contours(scratch)
         os.replace(scratch, target)  # the version appears whole or not at all
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
