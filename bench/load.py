@@ -38,10 +38,15 @@ def free_port() -> int:
 
 @contextmanager
 def running_service(
-    env: dict[str, str] | None = None, stderr: int | None = None, module: list[str] | None = None
+    env: dict[str, str] | None = None,
+    stderr: int | None = None,
+    module: list[str] | None = None,
+    script: Path | None = None,
+    ready_path: str = "/readyz",
 ) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    """`python -m service` (or `python -m MODULE... --port PORT`) on a free 127.0.0.1 port until the block
-    ends: yields (url, process)."""
+    """`python -m service` (or `python -m MODULE... --port PORT`, or `python SCRIPT` with PORT=<port> in its
+    environment: the peers' convention) on a free 127.0.0.1 port until the block ends, ready once GET
+    `ready_path` answers 200: yields (url, process)."""
     port = free_port()
     full_env = (
         os.environ
@@ -49,13 +54,15 @@ def running_service(
         | (env or {})
     )
     command = ["-m", "service"] if module is None else ["-m", *module, "--port", str(port)]
+    if script is not None:
+        command, full_env = [str(script)], full_env | {"PORT": str(port)}
     process = subprocess.Popen([sys.executable, *command], cwd=ROOT, env=full_env, stderr=stderr, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
         while True:
             try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"{url}{ready_path}", timeout=1).status_code == 200:
                     break
             except httpx.TransportError:
                 pass

@@ -204,12 +204,12 @@ class RawOrt:
             self.cache[batch] = rate
         return float(self.cache[batch])
 
-    def latency_ms(self, batch: int = 1) -> float:
-        """Median wall time of one run: the direct-call floor under a single request."""
+    def latency_ms(self, batch: int = 1, calls: int = 500) -> float:
+        """Median wall time of one run over `calls` runs: the direct-call floor under a single request."""
         feeds = feeds_for(self.manifest, batch)
         self.sess.run(["x"], feeds)
         times = []
-        for _ in range(500):
+        for _ in range(calls):
             started = time.perf_counter()
             self.sess.run(["x"], feeds)
             times.append(time.perf_counter() - started)
@@ -220,17 +220,17 @@ def concurrent_rate(
     sess: Any, feeds: dict[str, np.ndarray], batch: int, runners: int, seconds: float, nice: int | None = None
 ) -> float:
     """Rows/s of `runners` threads calling the session at once for `seconds` (each at `nice` if given)."""
-    stop = time.perf_counter() + seconds
     counts = [0] * runners
 
     def loop(slot: int) -> None:
         if nice is not None:
             lower_priority(nice)
-        while time.perf_counter() < stop:
+        while counts[slot] == 0 or time.perf_counter() < stop:  # every thread times at least one call
             sess.run(["x"], feeds)
             counts[slot] += 1
 
     sess.run(["x"], feeds)
+    stop = time.perf_counter() + seconds  # after the warm run: a short window must still time some calls
     threads = [threading.Thread(target=loop, args=(i,)) for i in range(runners)]
     started = time.perf_counter()
     for thread in threads:

@@ -256,3 +256,69 @@ def test_output_monitor_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFi
     assert [r["n"] for r in report["service"]] == [1, 8]
     assert all(r["on_us_per_image"] > 0 and r["off_us_per_image"] > 0 for r in report["service"])
     assert "us/image" in capsys.readouterr().out
+
+
+def test_peers_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """bench.peers --quick: every server's points, the ratios to raw ORT, the four goal lines and the plot."""
+    from bench.peer_servers import SERVERS
+    from bench.peers import main as peers
+
+    out, picture = tmp_path / "peers.json", tmp_path / "peers.png"
+    assert peers(["--quick", "--json", str(out), "--plot", str(picture)]) == 0
+    report = json.loads(out.read_text())
+    points = [(p["server"], p["model"], p["n"], p["concurrency"]) for p in report["points"]]
+    assert points == [(s, "fashion-cgan", 1, c) for s in SERVERS for c in (1, 2)]
+    assert all(p["ok"] > 0 and p["errors"] == 0 and p["ratio_to_raw"] > 0 for p in report["points"])
+    raw = report["raw"]["fashion-cgan"]
+    assert min(raw["before"].values()) > 0 and min(raw["after"].values()) > 0 and raw["n1_call_ms"] > 0
+    (trip,) = report["round_trips"]
+    assert trip["model"] == "fashion-cgan" and trip["ms"] > 0
+    goals = report["goals"]  # n=1 at 32 clients, n=64 at 8 (neither in this grid), never behind, low load
+    assert [g["met"] for g in goals[:2]] == [None, None] and goals[2]["compared"] == 4
+    assert isinstance(goals[2]["met"], bool) and len(goals[3]["tax_ms"]) == 1
+    printed = capsys.readouterr().out
+    assert all(f"{server} " in printed for server in SERVERS)
+    for line in ("goal: n=1 at 32 clients", "goal: n=64 at 8 clients", "goal: never behind a peer",
+                 "goal: 1 client, n=1"):  # fmt: skip
+        assert line in printed
+    assert picture.stat().st_size > 1000
+
+
+def test_peers_benchmark_goals() -> None:
+    """The goal checks on a hand-made grid: a ratio under its floor fails, a point behind a peer is listed."""
+    from bench.peer_servers import BATCHER, NAIVE, SERVICE
+    from bench.peers import evaluate_goals
+
+    def point(server: str, n: int, clients: int, images_per_s: float, p50: float = 1.0) -> dict[str, object]:
+        return {"model": "m", "server": server, "repeat": 0, "n": n, "concurrency": clients,
+                "images_per_s": images_per_s, "ratio_to_raw": images_per_s / 1000, "p50_ms": p50}  # fmt: skip
+
+    points = [point(SERVICE, 1, 32, 800), point(SERVICE, 64, 8, 850), point(SERVICE, 1, 1, 100, p50=1.3)]
+    points += [point(BATCHER, 1, 32, 700), point(NAIVE, 1, 32, 900), point(NAIVE, 1, 1, 90)]
+    raw = {"m": {"images_per_s": 1000.0, "n1_call_ms": 0.7}}
+    goals = evaluate_goals(points, raw, [{"model": "m", "repeat": 0, "ms": 0.4}])
+    assert [g["met"] for g in goals] == [True, False, False, True]
+    assert goals[2]["compared"] == 3
+    assert [(b["n"], b["clients"], b["peer"]) for b in goals[2]["behind"]] == [(1, 32, NAIVE)]
+    assert goals[3]["tax_ms"] == [0.2]
+
+
+def test_peers_dcgan_becomes_a_version_the_service_loads(tmp_path: Path) -> None:
+    """The peers' dcgan.onnx as a model version: the service's own loader accepts it, and it computes the same."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from bench.peer_servers import DCGAN, PEERS, dcgan_version
+    from service.manifest import VersionDir
+    from service.settings import Settings
+    from service.versions import Prepared, prepare_version
+
+    version = dcgan_version(PEERS, tmp_path)
+    prepared = prepare_version(VersionDir(DCGAN, 1, version), Settings(quality_gate="warn"))
+    assert isinstance(prepared, Prepared), getattr(prepared, "reason", None)
+    assert prepared.manifest.output_shape == [1, 28, 28] and prepared.manifest.z_dim == 100
+    z = np.random.default_rng(3).standard_normal((5, 100), dtype=np.float32)
+    cpu = ["CPUExecutionProvider"]
+    (want,) = ort.InferenceSession(str(PEERS / "dcgan.onnx"), providers=cpu).run(None, {"z": z})
+    (got,) = ort.InferenceSession(str(version / "model.onnx"), providers=cpu).run(["x"], {"z": z})
+    assert np.array_equal(got, want)
