@@ -28,7 +28,7 @@ from service.manifest import ONNX_FILE, load_manifest, parse_manifest, save_mani
 PEERS = ROOT.parent / "shared" / "peers"
 DCGAN = "peers-dcgan"
 MODELS = ("fashion-cgan", DCGAN)
-SERVICE, BATCHER, NAIVE = "service", "peers' asyncio batcher", "peers' naive app"
+SERVICE, BATCHER, NAIVE = "service", "peer-batcher", "peer-naive"  # the peers' batcher.py and naive.py
 SERVERS = (SERVICE, BATCHER, NAIVE)
 SCRIPTS = {BATCHER: "batcher.py", NAIVE: "naive.py"}
 

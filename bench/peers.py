@@ -89,7 +89,7 @@ def grid(
             )
             result |= {"model": model.name, "server": server, "repeat": repeat}
             rows.append(result)
-            print(f"[{repeat}] {model.name:<13} {server:<23} n={n:<3} c={clients:<4} {result['images_per_s']:>9} "
+            print(f"[{repeat}] {model.name:<13} {server:<12} n={n:<3} c={clients:<4} {result['images_per_s']:>9} "
                   f"img/s  p50 {result['p50_ms']:>8} p99 {result['p99_ms']:>8} ms  errors {result['errors']}",
                   flush=True)  # fmt: skip
     return rows
@@ -152,7 +152,7 @@ def print_grid(points: list[dict[str, Any]], raw: dict[str, dict[str, Any]]) -> 
     for model, ref in raw.items():
         print(f"\n{model}: raw ORT at batch 64, images/s: before {ref['before']}, after {ref['after']}; "
               f"denominator {ref['images_per_s']:,.0f}; one raw call at n=1 {ref['n1_call_ms']} ms")  # fmt: skip
-        print(f"{'server':<23} {'n':>3} {'clients':>7} {'images/s':>15} {'÷ raw':>11} {'p50 ms':>13} "
+        print(f"{'server':<12} {'n':>3} {'clients':>7} {'images/s':>15} {'÷ raw':>11} {'p50 ms':>13} "
               f"{'p99 ms':>15} {'errors':>6}")  # fmt: skip
         for server in SERVERS:
             for n in sorted({p["n"] for p in points}):
@@ -163,7 +163,7 @@ def print_grid(points: list[dict[str, Any]], raw: dict[str, dict[str, Any]]) -> 
                     column = {
                         k: [p[k] for p in found] for k in ("images_per_s", "ratio_to_raw", "p50_ms", "p99_ms")
                     }
-                    print(f"{server:<23} {n:>3} {clients:>7} {spread(column['images_per_s']):>15} "
+                    print(f"{server:<12} {n:>3} {clients:>7} {spread(column['images_per_s']):>15} "
                           f"{spread(column['ratio_to_raw'], '.2f'):>11} {spread(column['p50_ms'], '.2f'):>13} "
                           f"{spread(column['p99_ms'], '.2f'):>15} {sum(p['errors'] for p in found):>6}")  # fmt: skip
 
