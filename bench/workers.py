@@ -65,8 +65,8 @@ def best_raw(version_dir: Path, seconds: float) -> dict[str, float]:
     """Raw ONNX Runtime images/s at batch 64 in both configurations for the available CPUs."""
     cpus = available_cpus()
     return {
-        f"one session, {cpus} threads": RawOrt(version_dir, cpus, 1, seconds).images_per_s(64),
-        f"{cpus} 1-thread runs at once": RawOrt(version_dir, 1, cpus, seconds).images_per_s(64),
+        f"one session, {cpus} threads": round(RawOrt(version_dir, cpus, 1, seconds).images_per_s(64), 1),
+        f"{cpus} 1-thread runs at once": round(RawOrt(version_dir, 1, cpus, seconds).images_per_s(64), 1),
     }
 
 

@@ -258,6 +258,21 @@ def test_output_monitor_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFi
     assert "us/image" in capsys.readouterr().out
 
 
+def test_workers_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.workers import main as workers
+
+    out = tmp_path / "workers.json"
+    args = ["--model", "ring8", "--workers", "1", "2", "--duration", "0.3", "--max-requests", "40",
+            "--raw-seconds", "0.05", "--json", str(out)]  # fmt: skip
+    assert workers(args) == 0
+    report = json.loads(out.read_text())
+    points = [(p["workers"], p["n"], p["concurrency"]) for p in report["points"]]
+    assert points == [(1, 1, 32), (1, 64, 8), (2, 1, 32), (2, 64, 8)]
+    assert all(p["ok"] > 0 and p["errors"] == 0 and p["ratio_to_raw"] > 0 for p in report["points"])
+    assert report["raw_images_per_s"] > 0
+    assert "ratio" in capsys.readouterr().out
+
+
 def test_peers_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """bench.peers --quick: every server's points, the ratios to raw ORT, the four goal lines and the plot."""
     from bench.peer_servers import SERVERS
