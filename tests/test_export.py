@@ -211,6 +211,7 @@ def test_affine_sub_generators_export_and_start_as_near_points(tmp_path: Path) -
         ("cgan", {"g_upsample": "resize"}),  # nearest-neighbour Upsample becomes an ONNX Resize
         ("dcgan", {"pack": 2, "d_norm": "none"}),  # PacDCGAN: D changes, the exported G's contract does not
         ("cgan", {"extra_convs": True}),  # SNGAN standard-CNN pattern: G ends in a 3x3 Conv
+        ("wgan", {}),  # the original WGAN: DCGAN's G trained by RMSprop against a clipped critic
     ],
 )
 def test_dcgan_variants_export_with_parity(preset: str, overrides: dict[str, object], tmp_path: Path) -> None:

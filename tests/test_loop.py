@@ -70,6 +70,7 @@ RESUME_CASES = {
     "cgan": dict(data="npz"),  # conditional, spectral norm, hinge
     "cgan/extra_convs": dict(data="npz", extra_convs=True),  # 3x3 stride-1 convs in D and at G's output
     "wgan-gp": dict(data="npz"),  # n_critic = 5 and the random interpolation of the gradient penalty
+    "wgan": dict(data="npz"),  # RMSprop's square averages, weight clipping after each critic update
     "mlp": dict(data="npz"),  # minimax, no EMA
     # R3GAN's objective (rpgan + R1 + R2) behind all three DiffAugment policies: their random draws resume too
     "mlp/r3gan-diffaug": dict(

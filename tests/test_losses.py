@@ -8,6 +8,7 @@ from torch import nn
 
 from training.losses import (
     R2,
+    WGAN,
     WGANGP,
     Hinge,
     LeastSquares,
@@ -52,6 +53,7 @@ sig = 1 / (1 + math.exp(-2.0)), 1 / (1 + math.exp(1.0))  # σ(2), σ(-1)
         (NonSaturating(), -math.log(sig[0]) - math.log(1 - sig[1]), -math.log(sig[1])),
         (Hinge(), max(0, 1 - 2.0) + max(0, 1 + -1.0), 1.0),
         (LeastSquares(), 0.5 * (2.0 - 1) ** 2 + 0.5 * (-1.0) ** 2, 0.5 * (-1.0 - 1) ** 2),
+        (WGAN(), -1.0 - 2.0, 1.0),  # critic E[D(fake)] - E[D(real)], G -E[D(fake)]
     ],
 )
 def test_known_values(loss: object, d_value: float, g_value: float) -> None:
@@ -89,9 +91,18 @@ def test_wgan_gp_critic_loss() -> None:
     assert WGANGP.n_critic_default == 5
 
 
+def test_wgan_is_the_gradient_penalty_free_critic_loss() -> None:
+    w = torch.tensor([3.0, 4.0])
+    real, fake = torch.randn(6, 2), torch.randn(6, 2)
+    expected = float((fake @ w).mean() - (real @ w).mean())  # the bias cancels; no penalty term
+    wgan = make_loss("wgan")
+    assert isinstance(wgan, WGAN) and not isinstance(wgan, WGANGP) and wgan.n_critic_default == 5
+    assert float(wgan.d_loss(LinearCritic(w), real, fake, None)) == pytest.approx(expected, rel=1e-5)
+
+
 def test_gradients_flow_to_the_generator_output() -> None:
     fake = torch.randn(4, 2, requires_grad=True)
-    for name in ("minimax", "nonsaturating", "hinge", "lsgan", "wgan-gp"):
+    for name in ("minimax", "nonsaturating", "hinge", "lsgan", "wgan", "wgan-gp"):
         fake.grad = None
         make_loss(name).g_loss(LinearCritic(torch.tensor([1.0, -1.0])), fake, None).backward()
         assert fake.grad is not None and float(fake.grad.abs().sum()) > 0

@@ -140,10 +140,21 @@ class ComponentCrossEntropy(Term):
         return F.cross_entropy(C(fake), component)
 
 
-class WGANGP(Loss):
-    """Gulrajani et al. 2017: critic loss E[D(fake)] - E[D(real)] + λ·GP, with n_critic critic steps."""
+class WGAN(Loss):
+    """Arjovsky et al. 2017: the critic minimises E[D(fake)] - E[D(real)], G minimises -E[D(fake)]. The
+    Lipschitz constraint is not in the loss: weight clipping (`clip_value`, training/step.py) keeps it."""
 
     n_critic_default = 5
+
+    def d_loss(self, D: nn.Module, real: Tensor, fake: Tensor, c: Tensor | None) -> Tensor:
+        return D(fake, c).mean() - D(real, c).mean()
+
+    def g_loss(self, D: nn.Module, fake: Tensor, c: Tensor | None, real: Tensor | None = None) -> Tensor:
+        return -D(fake, c).mean()
+
+
+class WGANGP(WGAN):
+    """Gulrajani et al. 2017: critic loss E[D(fake)] - E[D(real)] + λ·GP, with n_critic critic steps."""
 
     def __init__(self, gp_lambda: float = 10.0, ranks: Ranks | None = None) -> None:
         self.gp_lambda, self.ranks = gp_lambda, ranks or Ranks()
@@ -155,10 +166,7 @@ class WGANGP(Loss):
         eps = torch.rand(n * ranks.world_size, device=real.device, dtype=real.dtype)
         eps = eps[ranks.rank * n : (ranks.rank + 1) * n]
         gp = gradient_penalty(D, real, fake, c, eps)
-        return D(fake, c).mean() - D(real, c).mean() + self.gp_lambda * gp
-
-    def g_loss(self, D: nn.Module, fake: Tensor, c: Tensor | None, real: Tensor | None = None) -> Tensor:
-        return -D(fake, c).mean()
+        return super().d_loss(D, real, fake, c) + self.gp_lambda * gp
 
 
 def make_loss(name: str, gp_lambda: float = 10.0, ranks: Ranks | None = None) -> Loss:
@@ -167,6 +175,7 @@ def make_loss(name: str, gp_lambda: float = 10.0, ranks: Ranks | None = None) ->
         "nonsaturating": NonSaturating(),
         "hinge": Hinge(),
         "lsgan": LeastSquares(),
+        "wgan": WGAN(),
         "wgan-gp": WGANGP(gp_lambda, ranks),
         "rpgan": RelativisticPairing(),
     }

@@ -62,10 +62,9 @@ class Nets:
         if C is not None:
             parallel["C"] = data_parallel(C, ranks, device)
         ema = EMA(G, cfg.ema_decay) if cfg.ema_decay > 0 else None
-        betas = (cfg.beta1, cfg.beta2)
-        opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=betas)
-        opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=betas)
-        opt_c = torch.optim.Adam(C.parameters(), lr=cfg.lr_d, betas=betas) if C is not None else None
+        opt_g = make_optimizer(cfg, G, cfg.lr_g)
+        opt_d = make_optimizer(cfg, D, cfg.lr_d)
+        opt_c = make_optimizer(cfg, C, cfg.lr_d) if C is not None else None
         return cls(G, D, opt_g, opt_d, ema, C, opt_c, parallel)
 
     @property
@@ -93,6 +92,22 @@ class Nets:
         for optimizer, lr in ((self.opt_g, cfg.lr_g), (self.opt_d, cfg.lr_d), (self.opt_c, cfg.lr_d)):
             for group in optimizer.param_groups if optimizer is not None else ():
                 group["lr"] = lr
+
+
+def make_optimizer(cfg: TrainConfig, net: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """Adam with the config's betas, or RMSprop with torch's alpha 0.99 and eps 1e-8 (the WGAN paper's code
+    called `optim.RMSprop(params, lr)` with these defaults; no momentum, not centred)."""
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(net.parameters(), lr=lr, alpha=0.99, eps=1e-8)
+    return torch.optim.Adam(net.parameters(), lr=lr, betas=(cfg.beta1, cfg.beta2))
+
+
+@torch.no_grad()
+def clip_weights(net: nn.Module, clip_value: float) -> None:
+    """WGAN's weight clipping: every parameter of `net` into [-clip_value, clip_value], in place. Every rank
+    clips the same weights the same way, so DDP replicas stay equal."""
+    for p in net.parameters():
+        p.clamp_(-clip_value, clip_value)
 
 
 class Latents:
@@ -159,6 +174,8 @@ def train_step(
                 if term is not None:
                     losses["d_loss"] = losses["d_loss"] + term.weight * term(d_seen, x, c)
         _update(nets.opt_d, losses["d_loss"])
+        if cfg.clip_value > 0:
+            clip_weights(D, cfg.clip_value)
         if objectives.mgan is not None:
             parallel_c = nets.parallel.get("C", nets.C)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
