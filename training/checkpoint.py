@@ -20,10 +20,11 @@ from training.networks import NetSpec
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
-# Fields that may change when a run is resumed; any other difference is refused. The learning rates and
-# the R1 weight are among them so that a run can follow a schedule (find the modes, then sharpen them at a
-# lower rate); the resume command that changed them is kept in the checkpoint's provenance.
-SCHEDULE = {"lr_g", "lr_d", "r1_gamma", "r2_gamma"}
+# Fields that may change when a run is resumed; any other difference is refused. The learning rates, the R1
+# and R2 weights and the DiffAugment policy are among them so that a run can follow a schedule (find the
+# modes, then sharpen them at a lower rate or with milder augmentation, as ADA turns its strength down); the
+# resume command that changed them is kept in the checkpoint's provenance.
+SCHEDULE = {"lr_g", "lr_d", "r1_gamma", "r2_gamma", "diffaug"}
 RESUMABLE = {"steps", "log_every", "sample_every", "checkpoint_every", "device", "num_threads", *SCHEDULE}
 RESUMABLE |= {"dist_timeout_s"}  # how the ranks wait for each other: nothing the weights depend on
 

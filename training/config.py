@@ -22,6 +22,7 @@ DNorm = Literal["batch", "layer", "none"]
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16"]
 GUpsample = Literal["transpose", "resize"]
+GNorm = Literal["none", "batch"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,6 +36,7 @@ class Architecture:
     d_width: int = 64  # MLP: hidden units; DCGAN: ndf (channels of the first layer)
     mlp_layers: int = 2  # hidden layers in each MLP network
     g_layers: int | None = None  # hidden layers in the MLP G when it differs (0: affine sub-generators)
+    g_norm: GNorm = "none"  # MLP G: "batch" puts BatchNorm1d after each hidden Linear (DCGAN's G has it)
     # DCGAN G's 2x upsampling: "transpose" (4x4 stride-2 ConvTranspose, as in DCGAN) or "resize" (nearest
     # neighbour then a 3x3 conv, Odena et al. 2016: no checkerboard artefacts, ~2.25x the multiply-adds).
     g_upsample: GUpsample = "transpose"
@@ -128,6 +130,12 @@ class TrainConfig(Architecture):
         ):
             raise ValueError(
                 f"g_upsample must be 'transpose' or 'resize' (DCGAN G only), got '{self.g_upsample}'"
+            )
+        if self.g_norm not in typing.get_args(GNorm) or (
+            self.g_norm != "none" and (self.arch != "mlp" or self.g_mixture > 1)
+        ):
+            raise ValueError(
+                f"g_norm must be 'none' or 'batch' ('batch': one MLP G only), got '{self.g_norm}'"
             )
         if self.extra_convs and self.arch != "dcgan":
             raise ValueError(f"extra_convs needs arch 'dcgan', got arch '{self.arch}'")

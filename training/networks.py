@@ -76,11 +76,12 @@ def _upsample(in_ch: int, out_ch: int, mode: str, bias: bool) -> list[nn.Module]
     raise ValueError(f"g_upsample must be 'transpose' or 'resize', got '{mode}'")
 
 
-def _mlp(in_dim: int, width: int, hidden: int, out_dim: int) -> list[nn.Module]:
-    """`hidden` Linear + LeakyReLU(0.2) layers of `width` units, then a Linear to `out_dim`."""
+def _mlp(in_dim: int, width: int, hidden: int, out_dim: int, batch_norm: bool = False) -> list[nn.Module]:
+    """`hidden` Linear (+ BatchNorm1d) + LeakyReLU(0.2) layers of `width` units, then a Linear to `out_dim`."""
     layers: list[nn.Module] = []
     for _ in range(hidden):
-        layers += [nn.Linear(in_dim, width), nn.LeakyReLU(0.2)]  # (N, width)
+        norm = [nn.BatchNorm1d(width)] if batch_norm else []
+        layers += [nn.Linear(in_dim, width, bias=not batch_norm), *norm, nn.LeakyReLU(0.2)]  # (N, width)
         in_dim = width
     return [*layers, nn.Linear(in_dim, out_dim)]
 
@@ -89,7 +90,8 @@ class MLPGenerator(nn.Module):
     def __init__(self, spec: NetSpec) -> None:
         super().__init__()
         self.spec = spec
-        layers = _mlp(spec.z_dim + spec.num_classes, spec.g_width, spec.g_hidden, math.prod(spec.out_shape))
+        in_dim, out_dim = spec.z_dim + spec.num_classes, math.prod(spec.out_shape)
+        layers = _mlp(in_dim, spec.g_width, spec.g_hidden, out_dim, batch_norm=spec.g_norm == "batch")
         if spec.kind == "image":
             layers.append(nn.Tanh())  # images live in [-1, 1]; vectors are unbounded
         self.net = nn.Sequential(*layers)
