@@ -104,7 +104,7 @@ async def edit(request: Request, state: StateDep) -> Response:
         else:
             body, images = await read_json(request)
         name = body.model
-        model = state.repository.get(body.model, body.version)
+        model = state.repository.get(body.model, body.version, editable=True)
         z, classes = await encode_images(model, images, body.labels, body.resize, "images", request, state)
         plan = edit_plan(z, classes, body.edit, model.manifest)
         tracing.annotate(model.name, model.version, plan.rows, body.format)

@@ -98,16 +98,19 @@ class Repository:
             for leases in held:
                 leases.give_back()
 
-    def get(self, name: str, version: int | None = None) -> ReadyModel:
-        """The requested version, or the highest ready one; 404 for unknown, 503 for failed."""
-        model = self._find(name, version)
+    def get(self, name: str, version: int | None = None, editable: bool = False) -> ReadyModel:
+        """The requested version, or the highest ready one; 404 for unknown, 503 for failed. `editable`
+        (requests that encode images): without a version, the highest ready one that has an encoder, when
+        one has (a newer generator may ship before its encoder is trained); else the highest ready one,
+        whose missing encoder the request then reports."""
+        model = self._find(name, version, editable)
         held = _held.get()
         if held is not None:
             model.leases.take()
             held.append(model.leases)
         return model
 
-    def _find(self, name: str, version: int | None) -> ReadyModel:
+    def _find(self, name: str, version: int | None, editable: bool = False) -> ReadyModel:
         versions = self.models.get(name)
         if not versions:
             raise ModelNotFound(f"model '{name}' not found; available: {sorted(self.models)}")
@@ -115,7 +118,8 @@ class Repository:
             ready = [v for v in versions.values() if isinstance(v, ReadyModel)]
             if not ready:
                 raise ModelUnavailable(f"model '{name}' has no version that loaded: {self._reasons(name)}")
-            return max(ready, key=lambda v: v.version)
+            with_encoder = [v for v in ready if v.encoder is not None] if editable else []
+            return max(with_encoder or ready, key=lambda v: v.version)
         if version not in versions:
             raise ModelNotFound(f"model '{name}' has no version {version}; versions: {sorted(versions)}")
         model = versions[version]

@@ -119,7 +119,7 @@ async def augment(body: AugmentRequest, request: Request, state: StateDep) -> Re
     same rows. `npz` holds x (uint8 NHWC images or float32 vectors), y, seed and index.
     """
     try:
-        model = state.repository.get(body.model, body.version)
+        model = state.repository.get(body.model, body.version, editable=body.variations_of is not None)
         seed = plans.chosen_seed(body.seed)
         if body.variations_of is not None:
             plan = await variations_page(body, body.variations_of, model, seed, request, state)

@@ -278,3 +278,27 @@ def test_a_bad_encoder_fails_editing_only(edit_dir: Path, tmp_path: Path) -> Non
         )
         listed = {v["version"]: v for v in guarded.get("/models/digits").json()["versions"]}
         assert listed[1]["status"] == "ready" and "sha256" in listed[1]["editing"]["reason"]
+
+
+def test_editing_defaults_to_the_newest_version_with_an_encoder(edit_dir: Path, tmp_path: Path) -> None:
+    """A newer generator can ship before its encoder: /edit and variations_of without a version use the newest
+    version that can encode; generation uses the newest; the newer version asked by number says why not."""
+    shutil.copytree(edit_dir, tmp_path / "models")
+    newer = tmp_path / "models" / "digits" / "2"
+    shutil.copytree(tmp_path / "models" / "digits" / "1", newer)
+    (newer / "encoder.onnx").unlink()
+    manifest = json.loads((newer / "manifest.json").read_text())
+    manifest.pop("encoder")
+    manifest |= {"version": 2, "directions": []}
+    (newer / "manifest.json").write_text(json.dumps(manifest))
+    with TestClient(create_app(Settings(model_dir=tmp_path / "models"))) as two:
+        assert two.post("/generate", json={"model": "digits", "n": 1}).headers["X-Model-Version"] == "2"
+        edited = two.post("/edit", json={"model": "digits", "images": B64, "format": "npy"})
+        assert edited.status_code == 200 and edited.headers["X-Model-Version"] == "1"
+        varied = two.post(
+            "/augment",
+            json={"model": "digits", "variations_of": {"images": B64[:1], "per_image": 2}, "format": "npz"},
+        )
+        assert varied.status_code == 200 and varied.headers["X-Model-Version"] == "1"
+        refused = two.post("/edit", json={"model": "digits", "version": 2, "images": B64})
+        assert refused.status_code == 409 and "encoder" in refused.json()["detail"]
