@@ -72,7 +72,9 @@ RESUME_CASES = {
     "wgan-gp": dict(data="npz"),  # n_critic = 5 and the random interpolation of the gradient penalty
     "wgan": dict(data="npz"),  # RMSprop's square averages, weight clipping after each critic update
     "mlp": dict(data="npz"),  # minimax, no EMA
-    "mlp/g_norm": dict(data="npz", g_norm="batch", ema_decay=0.9),  # BatchNorm in the MLP G: its running stats
+    "mlp/g_norm": dict(
+        data="npz", g_norm="batch", ema_decay=0.9
+    ),  # BatchNorm in the MLP G: its running stats
     # R3GAN's objective (rpgan + R1 + R2) behind all three DiffAugment policies: their random draws resume too
     "mlp/r3gan-diffaug": dict(
         data="npz",
