@@ -25,7 +25,7 @@ from service import runtime
 from service.settings import Settings
 from service.workers import worker_settings
 from tests.support import ROOT, free_port, running_service, wait_until
-from tests.test_restarts import Outcomes, Replica, restart_under_load
+from tests.test_restarts import EXPECTED_ANSWERS, Outcomes, Replica, restart_under_load
 
 ADMIN = "admin-key-0123456789"
 BODY = {"model": "grid25", "n": 2, "seed": 3, "format": "npy"}
@@ -160,13 +160,7 @@ def test_sigterm_drains_both_workers_and_answers_every_request(grid25_only: Path
     finally:
         replica.stop()
     answers = Counter(outcomes.answers)
-    expected = {
-        "200",
-        "503 Retry-After, Connection: close",
-        "grpc OK",
-        "grpc UNAVAILABLE draining, retry-after",
-        "idle: 503 Retry-After, Connection: close",
-    }
+    expected = EXPECTED_ANSWERS
     assert set(answers) <= expected, {k: n for k, n in answers.items() if k not in expected}
     assert answers["200"] > 0 and answers["grpc OK"] > 0
     assert answers["idle: 503 Retry-After, Connection: close"] == 1
