@@ -10,6 +10,7 @@ metrics (the default `GAN_QUALITY_GATE=warn` serves it and logs that it has none
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +26,21 @@ from bench.load import ROOT, running_service
 from bench.workers import one_model_dir
 from service.manifest import ONNX_FILE, load_manifest, parse_manifest, save_manifest, version_path
 
-PEERS = ROOT.parent / "shared" / "peers"
+
+def peers_dir() -> Path:
+    """The reference servers: GAN_PEERS_DIR, else `../shared/peers` beside this checkout, else the workplace's
+    /work/shared/peers (a clean clone made elsewhere, as CI's, is not beside it)."""
+    candidates = [Path(p) for p in (os.environ.get("GAN_PEERS_DIR"),) if p]
+    candidates += [ROOT.parent / "shared" / "peers", Path("/work/shared/peers")]
+    for candidate in candidates:
+        if (candidate / "batcher.py").is_file():
+            return candidate
+    raise SystemExit(
+        f"the peers' servers are not in any of {[str(c) for c in candidates]}: set GAN_PEERS_DIR"
+    )
+
+
+PEERS = peers_dir()
 DCGAN = "peers-dcgan"
 MODELS = ("fashion-cgan", DCGAN)
 SERVICE, BATCHER, NAIVE = "service", "peer-batcher", "peer-naive"  # the peers' batcher.py and naive.py
