@@ -154,6 +154,7 @@ class Supervisor:
         self.pending: list[int] = []  # signals received, not yet forwarded
         self.stopping = False
         self.status = 0
+        self.gave_up = False  # stopping because a worker failed, not because of a signal
         self.restarts: deque[float] = deque()
 
     def start(self, index: int) -> None:
@@ -186,6 +187,7 @@ class Supervisor:
     def stop_all(self, status: int) -> None:
         """Give up: drain the other workers (one SIGTERM, however many give up) and exit with `status`."""
         self.status = max(self.status, status)
+        self.gave_up = True
         if not self.stopping:
             self.stopping = True
             self.signal_all(signal.SIGTERM)
@@ -197,7 +199,10 @@ class Supervisor:
         was_ready = marker.exists()
         marker.unlink(missing_ok=True)
         if self.stopping:
-            self.status = max(self.status, exit_status(code))
+            # A worker that the give-up's own SIGTERM killed before it could drain says nothing new: the
+            # status stays the failure's.
+            if not (self.gave_up and exit_status(code) == 128 + signal.SIGTERM):
+                self.status = max(self.status, exit_status(code))
             return
         now = time.monotonic()
         while self.restarts and now - self.restarts[0] > RESTART_WINDOW_S:

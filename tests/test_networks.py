@@ -177,9 +177,9 @@ def test_a_spec_saved_as_a_dict_loads_back() -> None:
     saved = {
         "arch": "dcgan", "kind": "image", "out_shape": [1, 8, 8], "z_dim": 16, "num_classes": 10, "g_width": 8,
         "d_width": 8, "mlp_layers": 2, "spectral_norm": True, "d_norm": "none", "pack": 1, "g_mixture": 1,
-        "g_layers": None, "g_upsample": "transpose", "extra_convs": False,
+        "g_layers": None, "g_upsample": "transpose", "extra_convs": False, "g_norm": "none",
     }  # fmt: skip
     spec = NetSpec.from_saved(saved)
     assert spec.out_shape == (1, 8, 8) and dataclasses.asdict(spec) == saved | {"out_shape": (1, 8, 8)}
-    older = {k: v for k, v in saved.items() if k not in ("g_upsample", "extra_convs", "g_layers")}
+    older = {k: v for k, v in saved.items() if k not in ("g_upsample", "extra_convs", "g_layers", "g_norm")}
     assert NetSpec.from_saved(older) == spec  # options added later take their defaults

@@ -74,7 +74,8 @@ def test_select_trains_snapshots_chooses_on_validation_and_reports_on_test(
     assert manifest.training.steps == int(Path(record["chosen"]).name)  # the chosen snapshot was exported
     assert manifest.evaluation is not None and manifest.evaluation.spaces[0].seed == HELD_OUT_SEED
     assert {"fd", "independent.fd", "independent.fd_floor"} <= set(manifest.metrics)
-    assert {g.metric for g in manifest.gates} == {"precision", "independent.precision"}
+    mnist = {"precision", "confident_pct", "class_kl", "recall", "fd_ratio"}  # the MNIST protocol's gates
+    assert {g.metric for g in manifest.gates} == mnist | {f"independent.{m}" for m in mnist}
     # What was reported is not what was chosen on: another split and seed (first space), another network.
     assert manifest.metrics["fd"] != record["candidates"][record["chosen"]]["fd"]
     assert record["reported"] == manifest.metrics
