@@ -120,6 +120,7 @@ class Batcher:
         name: str = "model",
         runners: int = 1,
         inline_rows: int = 0,
+        split_rows: int = 0,
         background_runners: int | None = None,
         background_nice: int = 19,
         background_batch_rows: int | None = None,
@@ -134,7 +135,7 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self.runners, self.inline_rows = runners, inline_rows
+        self.runners, self.inline_rows, self.split_rows = runners, inline_rows, split_rows
         self._slots = asyncio.Semaphore(runners)
         self._executor = ThreadPoolExecutor(runners, thread_name_prefix=f"infer-{name}")
         # The background lane: its own queue, runners and (low-priority) threads; threads start on first use.
@@ -291,7 +292,36 @@ class Batcher:
             if not chunks:
                 self._slots.release()
                 continue
-            self._launch(chunks, background=False)
+            for part in await self._spread(chunks):
+                self._launch(part, background=False)
+
+    async def _spread(self, chunks: Chunks) -> list[Chunks]:
+        """The batch in one part per idle runner (each part's runner slot taken here, without waiting) when it
+        leaves nothing queued and holds at least `split_rows` rows per part: a lone large request then runs on
+        every idle runner's threads instead of one runner's. Rows are computed independently (the runner's
+        buckets rely on it too), so the bytes do not change; each part fills its rows of the requests."""
+        rows = sum(b - a for _, a, b in chunks)
+        parts = 1
+        while (
+            self.split_rows and not self._queue and rows >= (parts + 1) * self.split_rows
+            and not self._slots.locked()
+        ):  # fmt: skip
+            await self._slots.acquire()  # not locked: returns at once
+            parts += 1
+        if parts == 1:
+            return [chunks]
+        sizes = [round((k + 1) * rows / parts) - round(k * rows / parts) for k in range(parts)]
+        cut: list[Chunks] = [[]]
+        room = sizes[0]
+        for request, a, b in chunks:
+            while a < b:
+                take = min(b - a, room)
+                cut[-1].append((request, a, a + take))
+                a, room = a + take, room - take
+                if room == 0 and len(cut) < parts:
+                    cut.append([])
+                    room = sizes[len(cut) - 1]
+        return cut
 
     async def _run_background(self) -> None:
         """The background lane: a batch whenever one of its runners is free and no interactive row waits."""

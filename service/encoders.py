@@ -16,7 +16,7 @@ from service.batcher import Batcher, Feeds
 from service.files import sha256_file
 from service.manifest import Manifest, SignatureError, check_signature, gate_problem
 from service.metrics import Metrics, ModelObserver
-from service.runtime import CUDA, RuntimeConfig, SessionInfo, intra_op_threads, open_session
+from service.runtime import CPU, CUDA, RuntimeConfig, SessionInfo, intra_op_threads, open_session
 from service.settings import Settings
 
 log = logging.getLogger("service.encoders")
@@ -124,6 +124,7 @@ def start_encoder(
         provider=session.provider,
         runners=settings.runners,
         inline_rows=settings.inline_rows,
+        split_rows=settings.split_rows if session.provider == CPU else 0,
     )
     batcher.start()
     return ReadyEncoder(manifest.encoder.sha256, session.provider, session, batcher)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import numpy as np
@@ -57,8 +58,13 @@ def latents(seed: int, start: int, n: int, z_dim: int, truncation: float | None 
 
 
 def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    out: np.ndarray = np.eye(num_classes, dtype=np.float32)[labels]
+    out: np.ndarray = _identity(num_classes)[labels]  # fancy indexing: a new array, never the cached one
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _identity(num_classes: int) -> np.ndarray:
+    return np.eye(num_classes, dtype=np.float32)
 
 
 def lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:

@@ -2,7 +2,7 @@
 was written in, and the trace and span ids where a span is active.
 
 The request id: the caller's `X-Request-ID` when it is 1-128 visible ASCII characters, otherwise a new one
-(uuid4 hex; a caller's unusable id is replaced, with a warning line naming it, rather than refused: a request
+(a random version-4 UUID as 32 hex digits; a caller's unusable id is replaced, with a warning line naming it, rather than refused: a request
 id is a tracing aid, not a reason to fail a request). It is returned in the `X-Request-ID` response header
 and held in a context variable for as long as the request runs, so every line logged on its behalf carries
 it (work shared by many requests, such as a batch on a runner thread, carries none). gRPC calls take it from
@@ -12,10 +12,11 @@ their `x-request-id` metadata the same way.
 from __future__ import annotations
 
 import logging
+import os
+import random
 import re
 import sys
 import time
-import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -36,6 +37,18 @@ REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 log = logging.getLogger("service.access")
 
 
+_ids = random.Random()  # seeded from os.urandom, and again in every forked child: ids differ per process
+os.register_at_fork(after_in_child=_ids.seed)
+UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))  # the version and variant bits
+
+
+def new_id() -> str:
+    """A version-4 UUID's 32 hex digits (uuid.uuid4().hex's format), from a seeded PRNG: os.urandom per id
+    (uuid4) was a syscall on every request, and a request id is a tracing aid, not a secret."""
+    bits = (_ids.getrandbits(128) & UUID4_CLEAR) | (0x4000 << 64) | (0x8000 << 48)
+    return f"{bits:032x}"
+
+
 def current_request_id() -> str | None:
     return REQUEST_ID.get()
 
@@ -44,7 +57,7 @@ def chosen_id(given: bytes | None) -> tuple[str, str | None]:
     """(the request id, why the caller's was replaced or None)."""
     if given is not None and VALID_ID.fullmatch(given):
         return given.decode("ascii"), None
-    new = uuid.uuid4().hex
+    new = new_id()
     if given is None:
         return new, None
     return new, f"X-Request-ID {given[:140]!r} is not 1-128 visible ASCII characters: replaced by {new}"

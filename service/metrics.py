@@ -110,20 +110,25 @@ class Metrics:
 
 
 class ModelObserver:
-    """The batcher's view of the metrics for one model version."""
+    """The batcher's view of the metrics for one model version (its label's children looked up once: a
+    `labels()` call per batch and per request was a measurable share of the event loop's time at n=1)."""
 
     def __init__(self, metrics: Metrics, model: str) -> None:
         self._m, self._model = metrics, model
+        self._queue_rows = metrics.queue_rows.labels(model)
+        self._queue_wait = metrics.queue_wait.labels(model)
+        self._inference = metrics.inference.labels(model)
+        self._batch_rows = metrics.batch_rows.labels(model)
 
     def queue_rows(self, rows: int) -> None:
-        self._m.queue_rows.labels(self._model).set(rows)
+        self._queue_rows.set(rows)
 
     def queue_wait(self, seconds: float) -> None:
-        self._m.queue_wait.labels(self._model).observe(seconds)
+        self._queue_wait.observe(seconds)
 
     def batch(self, rows: int, seconds: float) -> None:
-        self._m.inference.labels(self._model).observe(seconds)
-        self._m.batch_rows.labels(self._model).observe(rows)
+        self._inference.observe(seconds)
+        self._batch_rows.observe(rows)
 
     def dropped(self, reason: str) -> None:
         self._m.rejections.labels(self._model, reason).inc()

@@ -2,8 +2,8 @@
 
 Per version, a ring buffer of the last GAN_MONITOR_WINDOW standardised sketches (service.output_stats) of the
 rows it served (a GAN_MONITOR_SAMPLE fraction of them). The gauges are computed when Prometheus scrapes, not on
-the request path; a request's rows are sketched (a pooled matrix product) inline when they are few, else on a
-worker thread the request does not wait for.
+the request path; a request's rows are sketched (a pooled matrix product) on a worker thread the request does not
+wait for, or, when they are few, held and sketched inline with the next requests' (HOLD_ROWS at a time).
 
 Which rows count: samples of the generator's own distribution, z ~ N(0, I) and one class each. So /generate,
 /augment and the Open Inference Protocol (HTTP and gRPC) count; /interpolate does not (a path's rows are
@@ -43,7 +43,8 @@ log = logging.getLogger("service.monitor")
 COUNTED_PATHS = {"/generate", "/augment", "/grpc"}  # /grpc: the gRPC calls' stand-in request
 V2_INFER = re.compile(r"/v2/models/[^/]+(/versions/[^/]+)?/infer")
 ENCODED = "gan.latents_from_encoder"  # set in a request's scope once an encoder made its latents
-INLINE_ROWS = 4  # up to this many rows are sketched on the event loop (a thread hop costs more)
+INLINE_ROWS = 4  # requests of up to this many rows are held and sketched together on the event loop
+HOLD_ROWS = 32  # ... once this many are held (one matrix product for all): sketching costs per call, not row
 MAX_PENDING = 2  # batches of one version waiting for a worker thread before more are skipped
 
 
@@ -90,12 +91,20 @@ class VersionMonitor:
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
         self._cached: tuple[int, float, float] | None = None  # (rows when computed, drift, diversity)
+        self._held: list[tuple[np.ndarray, np.ndarray | None]] = []  # small requests' (x, c) not yet sketched
+        self._held_rows = 0
 
     def submit(self, x: np.ndarray, c: np.ndarray | None) -> None:
-        """Observe these rows: a few inline, more on a worker thread that the request does not wait for; with
+        """Observe these rows: a few are held and sketched inline with the next ones (HOLD_ROWS at a time, and
+        whatever is held at a scrape); more on a worker thread that the request does not wait for; with
         MAX_PENDING batches of this version already waiting, these rows are skipped (counted), not queued."""
         if len(x) <= INLINE_ROWS:
-            self.observe(x, c)
+            with self._lock:
+                self._held.append((x, c))
+                self._held_rows += len(x)
+                if self._held_rows < HOLD_ROWS:
+                    return
+            self.flush()
             return
         with self._lock:
             if self.pending >= MAX_PENDING:
@@ -117,15 +126,29 @@ class VersionMonitor:
         if not future.cancelled() and future.exception() is not None:
             log.error("output monitor failed on a batch", exc_info=future.exception())
 
+    def flush(self) -> None:
+        """Sketch the held rows now (thread-safe)."""
+        with self._lock:
+            held, self._held, self._held_rows = self._held, [], 0
+        if not held:
+            return
+        x = np.concatenate([x for x, _ in held])
+        if all(c is not None for _, c in held) or all(c is None for _, c in held):
+            c = None if held[0][1] is None else np.concatenate([c for _, c in held])
+            self._observe(x, row_groups(c, len(x)))
+        else:  # rows with and without classes (not from one version; kept exact anyway)
+            self._observe(x, np.concatenate([row_groups(c, len(x)) for x, c in held]))
+
     def observe(self, x: np.ndarray, c: np.ndarray | None) -> None:
         """Sketch a sampled subset of these served rows into the window (thread-safe)."""
-        window, groups = self.window, row_groups(c, len(x))
-        keep = groups >= 0 if c is not None else None
+        self._observe(x, row_groups(c, len(x)))
+
+    def _observe(self, x: np.ndarray, groups: np.ndarray) -> None:
+        window, keep = self.window, groups >= 0  # -1: a blended class vector
         if self.sample < 1.0:
             with self._lock:
-                drawn = self._rng.random(len(x)) < self.sample
-            keep = drawn if keep is None else keep & drawn
-        if keep is not None:
+                keep &= self._rng.random(len(x)) < self.sample
+        if not keep.all():
             index = np.flatnonzero(keep)[-window:]
             if not len(index):
                 return
@@ -144,6 +167,7 @@ class VersionMonitor:
 
     def gauges(self) -> tuple[float, float] | None:
         """(drift, diversity) of the current window, once it is full; drift > 1 is outside the band."""
+        self.flush()
         with self._lock:
             if self.filled < self.window:
                 return None
@@ -192,6 +216,7 @@ class OutputMonitors(Collector):
             if monitor is None:
                 continue
             labels = [key[0], str(key[1])]
+            monitor.flush()  # the held rows count from this scrape on
             rows.add_metric(labels, monitor.rows)
             skipped.add_metric(labels, monitor.skipped)
             low.add_metric(labels, monitor.band.diversity_low)

@@ -6,6 +6,7 @@ and checks every limit that depends on the model or the settings. Routes only va
 
 from __future__ import annotations
 
+import math
 import secrets
 from dataclasses import dataclass, field
 
@@ -95,7 +96,7 @@ PNG_PROVENANCE_BYTES = 1100
 
 def check_response_size(settings: Settings, manifest: Manifest, rows: int, fmt: str, field: str) -> None:
     per_value = VALUE_BYTES.get((manifest.kind, fmt), 4 if fmt in ("npy", "npz") else 24)
-    size = rows * int(np.prod(manifest.output_shape)) * per_value
+    size = rows * math.prod(manifest.output_shape) * per_value
     if manifest.kind == "image" and fmt == "png" and settings.png_provenance:
         size += rows * PNG_PROVENANCE_BYTES
     if size > settings.max_response_bytes:

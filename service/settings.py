@@ -104,6 +104,12 @@ class Settings(BaseSettings):
         le=64,
         description="a batch of at most this many rows, with nothing else queued or computing, runs on the event loop (0: never)",
     )
+    split_rows: int = Field(
+        4,
+        ge=0,
+        le=4096,
+        description="on the CPU, a batch that leaves nothing queued is split across the idle runners in parts of at least this many rows (0: never)",
+    )
     intra_op_threads: int = Field(
         0,
         ge=0,

@@ -33,7 +33,7 @@ from service.manifest import (
     load_manifest,
 )
 from service.metrics import Metrics, ModelObserver
-from service.runtime import CUDA, RuntimeConfig, SessionInfo, intra_op_threads, open_session
+from service.runtime import CPU, CUDA, RuntimeConfig, SessionInfo, intra_op_threads, open_session
 from service.settings import Settings
 
 log = logging.getLogger("service.versions")
@@ -251,6 +251,7 @@ def start_version(
         provider=session.provider,
         runners=max(settings.runners, session.devices),  # at least one batch in flight per GPU
         inline_rows=settings.inline_rows,
+        split_rows=settings.split_rows if session.provider == CPU else 0,
         background_nice=settings.dataset_nice,
     )
     batcher.start()

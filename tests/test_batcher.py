@@ -274,6 +274,68 @@ def test_runners_compute_batches_at_once_and_reassemble_in_order() -> None:
     assert most == 2 and idle
 
 
+def test_a_lone_batch_splits_across_idle_runners_and_comes_back_in_order() -> None:
+    """split_rows: with both runners idle and nothing queued, a 9-row batch runs as 5 + 4 rows on two runners
+    at once (they meet at a barrier); with split_rows above half the batch, or 0, it runs whole."""
+
+    def split(split_rows: int, n: int) -> tuple[list[int], np.ndarray]:
+        model = Model()
+        met = threading.Barrier(2, timeout=30) if split_rows and n >= 2 * split_rows else None
+
+        def infer(feeds: dict[str, np.ndarray]) -> np.ndarray:
+            if met is not None:
+                met.wait()  # only possible if both parts run concurrently
+            return model(feeds)
+
+        async def main() -> np.ndarray:
+            batcher = Batcher(
+                infer, max_batch_rows=16, max_wait_s=0.0, max_queue_rows=100, runners=2, split_rows=split_rows
+            )
+            batcher.start()
+            try:
+                out = await batcher.submit(rows(0, n), n, 5)
+                await eventually(lambda: batcher._idle.is_set(), what="the batcher to be idle")
+                return out
+            finally:
+                await batcher.close()
+
+        out = asyncio.run(main())
+        return sorted(model.batches), out
+
+    batches, out = split(4, 9)
+    assert batches == [4, 5]
+    np.testing.assert_array_equal(out, rows(0, 9)["z"] * 2)
+    for split_rows, n in ((5, 9), (0, 9)):
+        batches, out = split(split_rows, n)
+        assert batches == [9]
+        np.testing.assert_array_equal(out, rows(0, 9)["z"] * 2)
+
+
+def test_split_parts_cover_every_row_of_several_requests_once() -> None:
+    """The cut of a batch of several requests: parts of near-equal size, each row in exactly one part."""
+
+    async def main() -> tuple[list[Any], bool]:
+        batcher = Batcher(lambda f: f["z"], max_batch_rows=64, max_wait_s=0.0, max_queue_rows=100, runners=3,
+                          split_rows=2)  # fmt: skip
+        loop = asyncio.get_running_loop()
+        requests = [_request(loop, n) for n in (3, 1, 5)]
+        await batcher._slots.acquire()  # the collecting runner's own slot, as in Batcher._run
+        parts = await batcher._spread([(requests[0], 0, 3), (requests[1], 0, 1), (requests[2], 1, 5)])
+        return parts, batcher._slots.locked()
+
+    parts, all_taken = asyncio.run(main())
+    assert [sum(b - a for _, a, b in part) for part in parts] == [3, 2, 3]
+    covered = [(r.n, row) for part in parts for r, a, b in part for row in range(a, b)]
+    assert covered == [(3, 0), (3, 1), (3, 2), (1, 0), (5, 1), (5, 2), (5, 3), (5, 4)]
+    assert all_taken  # the two extra parts took the two other runners' slots
+
+
+def _request(loop: asyncio.AbstractEventLoop, n: int) -> Any:
+    from service.batcher import _Request
+
+    return _Request(rows(0, n), n, loop.create_future(), 0.0, math.inf, pending=n)
+
+
 def test_drain_waits_for_every_batch_in_flight() -> None:
     async def test(batcher: Batcher, model: Model) -> None:
         model.gate.clear()

@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.files import sha256_file
 from service.main import create_app
 from service.manifest import load_manifest
-from service.monitor import ENCODED, MAX_PENDING, VersionMonitor, counted
+from service.monitor import ENCODED, HOLD_ROWS, MAX_PENDING, VersionMonitor, counted
 from service.output_stats import mean_pairwise_distance, projection
 from service.settings import BUNDLED_MODELS, Settings
 from tests.support import wait_until
@@ -188,6 +188,26 @@ def test_a_conditional_window_counts_one_hot_rows_only() -> None:
     sampled = VersionMonitor(manifest, window=128, sample=0.25)
     sampled.observe(np.zeros((400, 1, 28, 28), np.float32), np.eye(10, dtype=np.float32)[np.arange(400) % 10])
     assert 60 <= sampled.rows <= 140  # about a quarter of 400
+
+
+def test_small_requests_are_held_and_sketched_together() -> None:
+    """1-row requests wait until HOLD_ROWS are held (or a flush, as a scrape does), then their window rows are
+    the ones a single observe of all of them gives."""
+    manifest = load_manifest(BUNDLED_MODELS / "fashion-cgan" / "4" / "manifest.json")
+    held, whole = (VersionMonitor(manifest, window=128, sample=1.0) for _ in range(2))
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-1, 1, (HOLD_ROWS + 1, 1, 28, 28)).astype(np.float32)
+    c = np.eye(10, dtype=np.float32)[np.arange(HOLD_ROWS + 1) % 10]
+    for i in range(HOLD_ROWS - 1):
+        held.submit(x[i : i + 1], c[i : i + 1])
+    assert held.rows == 0
+    held.submit(x[HOLD_ROWS - 1 : HOLD_ROWS], c[HOLD_ROWS - 1 : HOLD_ROWS])
+    assert held.rows == HOLD_ROWS
+    held.submit(x[HOLD_ROWS:], c[HOLD_ROWS:])
+    held.flush()
+    whole.observe(x, c)
+    assert held.rows == whole.rows == HOLD_ROWS + 1
+    np.testing.assert_allclose(held.buffer, whole.buffer, rtol=1e-6, atol=1e-6)
 
 
 def test_a_busy_monitor_skips_batches_instead_of_queueing_them() -> None:

@@ -28,6 +28,7 @@ from service.logs import (
     TextFormatter,
     configure_logging,
     current_request_id,
+    new_id,
     rpc_request_id,
 )
 from service.main import create_app
@@ -198,3 +199,22 @@ def test_grpc_metadata_gives_the_request_id() -> None:
         generated = current_request_id()
         assert generated is not None and GENERATED.fullmatch(generated)
     assert current_request_id() is None
+
+
+def test_generated_ids_are_version_4_uuids_and_a_forked_child_draws_its_own() -> None:
+    import os
+    import uuid
+
+    ids = [new_id() for _ in range(200)]
+    assert len(set(ids)) == 200
+    assert all(uuid.UUID(hex=i).version == 4 and uuid.UUID(hex=i).hex == i for i in ids)
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: its next id, then exit at once
+        os.write(write, new_id().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    childs = os.read(read, 64).decode()
+    os.close(read)
+    assert GENERATED.fullmatch(childs) and childs != new_id()
