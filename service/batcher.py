@@ -6,6 +6,11 @@ computed at once, each on its own worker thread (ONNX Runtime sessions take conc
 event loop keeps accepting, parsing and answering meanwhile, and a batch is collected only when a runner is
 free to take it: under load it holds everything that arrived during the previous computations.
 
+A batch that leaves nothing queued and finds other runners idle is split into one part per idle runner
+(`split_rows`: at least that many rows a part), so a lone large request runs on every runner; a batch that
+is computed alone (nothing else queued or computing) goes to `infer_alone` (a session with a thread per
+CPU), so a lone small one does too.
+
 A second, background lane (`enqueue(..., background=True)`: dataset jobs) only fills idle capacity. Its rows
 wait in their own queue, which is drawn from only while no interactive row waits; its batches run on runners
 of their own (`background_runners`, default `runners`), on threads at the lowest CPU priority (nice 19), in
@@ -121,12 +126,14 @@ class Batcher:
         runners: int = 1,
         inline_rows: int = 0,
         split_rows: int = 0,
+        infer_alone: Callable[[Feeds], np.ndarray] | None = None,
         background_runners: int | None = None,
         background_nice: int = 19,
         background_batch_rows: int | None = None,
         provider: str = "",
     ) -> None:
         self._infer = infer
+        self._infer_alone = infer_alone or infer  # for an interactive batch computed while no other is
         self.name, self.provider = name, provider  # as the batch spans name them
         self.max_batch_rows, self.max_wait_s, self.max_queue_rows = max_batch_rows, max_wait_s, max_queue_rows
         self._observer = observer or _NullObserver()
@@ -372,13 +379,14 @@ class Batcher:
             started = time.perf_counter()
             try:
                 idle = len(self._inflight) == 1 and not self._queue and not self._background
+                infer = self._infer_alone if idle and not background else self._infer
                 if not background and rows <= self.inline_rows and idle:
                     # Idle service, tiny batch: computing it here saves two thread hand-offs (~0.1 ms of a
                     # 1 ms request); nothing else is waiting for the loop meanwhile.
-                    out = self._infer(feeds)
+                    out = infer(feeds)
                 else:
                     executor = self._background_executor if background else self._executor
-                    out = await loop.run_in_executor(executor, self._infer, feeds)
+                    out = await loop.run_in_executor(executor, infer, feeds)
                 if len(out) != rows:
                     raise BatchFailed(f"model returned {len(out)} rows for a batch of {rows}")
             except Exception as error:  # every request in the failed batch gets the error

@@ -114,12 +114,20 @@ class SessionInfo:
     provider: str  # what the session really runs on: session.get_providers()[0]
     runner: Runner | None = None  # buckets / IOBinding / several GPUs; None: plain session.run
     devices: int = 1  # sessions behind this one (one per GPU)
+    wide: ort.InferenceSession | None = None  # CPU: the same graph with a thread per CPU (run_alone)
 
     def run(self, feeds: Feeds, names: list[str] | None = None) -> list[np.ndarray]:
         """The outputs `names` (default: all) for one batch, through the runner when there is one."""
         if self.runner is not None:
             return self.runner.run(feeds, names)
         return [np.asarray(a) for a in self.session.run(names, feeds)]
+
+    def run_alone(self, feeds: Feeds, names: list[str] | None = None) -> list[np.ndarray]:
+        """`run` for a batch computed while no other is (the batcher knows): on the wide session when there is
+        one, so a lone small request uses every CPU instead of one runner's share (same graph, same rows)."""
+        if self.wide is None:
+            return self.run(feeds, names)
+        return [np.asarray(a) for a in self.wide.run(names, feeds)]
 
     def signature(self) -> tuple[list[TensorSignature], list[TensorSignature]]:
         """The graph's inputs and outputs as the contract describes them (see `check_signature`)."""
@@ -198,7 +206,10 @@ def open_session(
     inter_threads: int = 0,
     spinning: bool = False,
     config: RuntimeConfig | None = None,
+    wide_threads: int = 0,
 ) -> SessionInfo:
+    """A session on the providers `device` asks for. `wide_threads` above `intra_threads`: on the CPU, without a
+    runner, also a second session with that many threads (SessionInfo.run_alone)."""
     config = config or RuntimeConfig()
     available = ort.get_available_providers()
     # Strict only where this build has CUDA at all; without it the session opens on the CPU and the device
@@ -226,7 +237,11 @@ def open_session(
     sessions = [(session, ids[0])] + [(one(d), d) for d in ids[1:]]
     buckets, bind = config.bucket_sizes(provider), config.binds(provider)
     if not (buckets or bind or len(sessions) > 1):
-        return SessionInfo(session, provider)
+        wide = None
+        if provider == CPU and wide_threads > max(intra_threads, 1):
+            wide_options = session_options(wide_threads, inter_threads, spinning)
+            wide = ort.InferenceSession(str(path), wide_options, providers=[CPU])
+        return SessionInfo(session, provider, wide=wide)
     graphs = provider == CUDA and config.cuda_graphs
     runner = Runner(sessions, DEVICE_OF.get(provider, "cpu"), buckets, bind, graphs)
     if provider == CUDA:

@@ -110,6 +110,10 @@ class Settings(BaseSettings):
         le=4096,
         description="on the CPU, a batch that leaves nothing queued is split across the idle runners in parts of at least this many rows (0: never)",
     )
+    wide_session: bool = Field(
+        True,
+        description="on the CPU, a second session per model version with a thread per CPU (of this worker) computes a batch that is alone (nothing else queued or computing): a lone request uses every core",
+    )
     intra_op_threads: int = Field(
         0,
         ge=0,

@@ -33,7 +33,15 @@ from service.manifest import (
     load_manifest,
 )
 from service.metrics import Metrics, ModelObserver
-from service.runtime import CPU, CUDA, RuntimeConfig, SessionInfo, intra_op_threads, open_session
+from service.runtime import (
+    CPU,
+    CUDA,
+    RuntimeConfig,
+    SessionInfo,
+    available_cpus,
+    intra_op_threads,
+    open_session,
+)
 from service.settings import Settings
 
 log = logging.getLogger("service.versions")
@@ -119,6 +127,11 @@ def infer(session: SessionInfo, feeds: Feeds) -> np.ndarray:
     return x
 
 
+def infer_alone(session: SessionInfo, feeds: Feeds) -> np.ndarray:
+    (x,) = session.run_alone(feeds, ["x"])
+    return x
+
+
 def check_graph(session: SessionInfo, manifest: Manifest) -> None:
     """The manifest must describe the graph: input/output names, dims and dtype."""
     try:
@@ -135,6 +148,8 @@ def warm_up(session: SessionInfo, manifest: Manifest, rows: int) -> float:
     started = time.perf_counter()
     x = infer(session, feeds)
     seconds = time.perf_counter() - started
+    if session.wide is not None:  # its first run allocates too: at load, not on a first lone request
+        infer_alone(session, feeds)
     if x.shape != (rows, *manifest.output_shape) or not np.isfinite(x).all():
         raise LoadError(f"warm-up gave shape {x.shape} (finite: {bool(np.isfinite(x).all())})")
     return rows / max(seconds, 1e-6)
@@ -174,6 +189,7 @@ def open_graph(path: Path, settings: Settings) -> SessionInfo:
             settings.inter_op_threads,
             settings.ort_spinning,
             RuntimeConfig.of(settings, max(settings.max_batch_rows, BACKGROUND_BATCH_ROWS)),
+            wide_threads=available_cpus() // settings.workers if settings.wide_session else 0,
         )
     except Exception as error:  # onnxruntime raises its own exception types for corrupt graphs
         raise LoadError(f"ONNX Runtime cannot load the graph: {str(error).splitlines()[0]}") from None
@@ -252,6 +268,7 @@ def start_version(
         runners=max(settings.runners, session.devices),  # at least one batch in flight per GPU
         inline_rows=settings.inline_rows,
         split_rows=settings.split_rows if session.provider == CPU else 0,
+        infer_alone=functools.partial(infer_alone, session) if session.wide is not None else None,
         background_nice=settings.dataset_nice,
     )
     batcher.start()

@@ -123,15 +123,19 @@ class Hold:
         self.batcher = batcher
         self.gate = threading.Event()
         self.entered = 0
-        lock, real = threading.Lock(), batcher._infer
+        lock = threading.Lock()
 
-        def held(feeds: Any) -> Any:
-            with lock:
-                self.entered += 1
-            self.gate.wait(30)
-            return real(feeds)
+        def holding(real: Any) -> Any:
+            def held(feeds: Any) -> Any:
+                with lock:
+                    self.entered += 1
+                self.gate.wait(30)
+                return real(feeds)
 
-        batcher._infer = held
+            return held
+
+        # both the runners' function and the one for a batch computed alone (the wide session's)
+        batcher._infer, batcher._infer_alone = holding(batcher._infer), holding(batcher._infer_alone)
 
     async def until(self, entered: int, queued: int) -> None:
         """Wait until `entered` batches are held in the model and `queued` rows wait behind them."""

@@ -311,6 +311,35 @@ def test_a_lone_batch_splits_across_idle_runners_and_comes_back_in_order() -> No
         np.testing.assert_array_equal(out, rows(0, 9)["z"] * 2)
 
 
+def test_a_batch_computed_alone_goes_to_infer_alone_and_others_do_not() -> None:
+    """infer_alone takes a batch while no other is queued or computing; with one held in a runner, the next
+    batch (and the held one's successor while work waits) takes `infer`."""
+    model, alone = Model(), []
+
+    def infer_alone(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        alone.append(len(feeds["z"]))
+        return model(feeds)
+
+    async def main() -> None:
+        batcher = Batcher(model, max_batch_rows=4, max_wait_s=0.0, max_queue_rows=100, runners=2,
+                          infer_alone=infer_alone)  # fmt: skip
+        batcher.start()
+        try:
+            np.testing.assert_array_equal(await batcher.submit(rows(0, 3), 3, 5), rows(0, 3)["z"] * 2)
+            model.gate.clear()
+            held = asyncio.ensure_future(batcher.submit(rows(0, 2), 2, 5))  # alone: infer_alone, held
+            await eventually(lambda: model.started == 2, what="the held batch to start")
+            second = asyncio.ensure_future(batcher.submit(rows(10, 1), 1, 5))  # one in flight: infer
+            await eventually(lambda: model.started == 3, what="the second batch to start")
+            model.gate.set()
+            await asyncio.gather(held, second)
+        finally:
+            await batcher.close()
+
+    asyncio.run(main())
+    assert alone == [3, 2] and sorted(model.batches) == [1, 2, 3]
+
+
 def test_split_parts_cover_every_row_of_several_requests_once() -> None:
     """The cut of a batch of several requests: parts of near-equal size, each row in exactly one part."""
 
