@@ -8,8 +8,8 @@ free to take it: under load it holds everything that arrived during the previous
 
 A batch that leaves nothing queued and finds other runners idle is split into one part per idle runner
 (`split_rows`: at least that many rows a part), so a lone large request runs on every runner; a batch that
-is computed alone (nothing else queued or computing) goes to `infer_alone` (a session with a thread per
-CPU), so a lone small one does too.
+is the only interactive one queued or computing goes to `infer_alone` (a session with a thread per CPU), so a
+lone small one does too, beside background batches as well (they run at the lowest priority).
 
 A second, background lane (`enqueue(..., background=True)`: dataset jobs) only fills idle capacity. Its rows
 wait in their own queue, which is drawn from only while no interactive row waits; its batches run on runners
@@ -379,7 +379,12 @@ class Batcher:
             started = time.perf_counter()
             try:
                 idle = len(self._inflight) == 1 and not self._queue and not self._background
-                infer = self._infer_alone if idle and not background else self._infer
+                # the only interactive batch: the wide session (a job's batches run at the lowest priority,
+                # so it takes their CPU rather than sharing a runner's share of it)
+                alone = (
+                    not background and not self._queue and len(self._inflight) - self._background_busy == 1
+                )
+                infer = self._infer_alone if alone else self._infer
                 if not background and rows <= self.inline_rows and idle:
                     # Idle service, tiny batch: computing it here saves two thread hand-offs (~0.1 ms of a
                     # 1 ms request); nothing else is waiting for the loop meanwhile.
