@@ -340,6 +340,32 @@ def test_a_batch_computed_alone_goes_to_infer_alone_and_others_do_not() -> None:
     assert alone == [3, 2] and sorted(model.batches) == [1, 2, 3]
 
 
+def test_an_interactive_batch_beside_background_ones_only_still_goes_to_infer_alone() -> None:
+    model, alone = Model(), []
+
+    def infer_alone(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        alone.append(len(feeds["z"]))
+        return feeds["z"] * 2  # not held at the model's gate
+
+    async def main() -> None:
+        batcher = Batcher(model, max_batch_rows=4, max_wait_s=0.0, max_queue_rows=100, runners=2,
+                          infer_alone=infer_alone)  # fmt: skip
+        batcher.start()
+        try:
+            model.gate.clear()
+            job = batcher.enqueue(rows(0, 2), 2, math.inf, background=True)  # held in the model
+            await eventually(lambda: model.started == 1, what="the background batch to start")
+            out = await batcher.submit(rows(5, 1), 1, 5)
+            np.testing.assert_array_equal(out, rows(5, 1)["z"] * 2)
+            model.gate.set()
+            await job
+        finally:
+            await batcher.close()
+
+    asyncio.run(main())
+    assert alone == [1] and model.batches == [2]
+
+
 def test_split_parts_cover_every_row_of_several_requests_once() -> None:
     """The cut of a batch of several requests: parts of near-equal size, each row in exactly one part."""
 
