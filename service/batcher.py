@@ -28,88 +28,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 from opentelemetry.trace import Span
 
 from service import tracing
+from service.batch_rows import (
+    BACKGROUND_BATCH_ROWS,
+    INTERACTIVE_RECENT_S,
+    BatchFailed,
+    BatchObserver,
+    Chunks,
+    DeadlineExceeded,
+    Draining,
+    Feeds,
+    NullObserver,
+    QueuedRequest,
+    QueueFull,
+    cut_rows,
+    lower_priority,
+)
 
-Feeds = dict[str, np.ndarray]
-
-
-class QueueFull(Exception):
-    def __init__(self, queued_rows: int, retry_after_s: int) -> None:
-        super().__init__(f"queue full: {queued_rows} rows waiting; retry after {retry_after_s} s")
-        self.retry_after_s = retry_after_s
-
-
-class DeadlineExceeded(Exception):
-    pass
-
-
-class Draining(Exception):
-    pass
-
-
-class BatchFailed(Exception):
-    pass
-
-
-class BatchObserver(Protocol):
-    def queue_rows(self, rows: int) -> None: ...
-    def queue_wait(self, seconds: float) -> None: ...
-    def batch(self, rows: int, seconds: float) -> None: ...
-    def dropped(self, reason: str) -> None: ...
-
-
-class _NullObserver:
-    def queue_rows(self, rows: int) -> None:
-        pass
-
-    def queue_wait(self, seconds: float) -> None:
-        pass
-
-    def batch(self, rows: int, seconds: float) -> None:
-        pass
-
-    def dropped(self, reason: str) -> None:
-        pass
-
-
-@dataclass(eq=False)
-class _Request:
-    feeds: Feeds
-    n: int
-    future: asyncio.Future[np.ndarray]
-    enqueued_at: float
-    deadline: float
-    next_row: int = 0  # first row not yet handed to a batch
-    pending: int = 0  # rows not yet computed
-    out: np.ndarray | None = field(default=None, repr=False)
-    background: bool = False
-    span: Span | None = field(default=None, repr=False)  # the request's span, where tracing is on
-
-
-INTERACTIVE_RECENT_S = 0.25  # background work leaves a runner free this long after an interactive request
-BACKGROUND_BATCH_ROWS = 64  # a background batch's rows (at least max_batch_rows): see above
-Chunks = list[tuple[_Request, int, int]]  # one batch: (request, first row, end row) per request in it
-
-
-def lower_priority(nice: int) -> None:
-    """Give the calling thread a lower CPU priority (Linux: the nice value is per thread); best effort."""
-    try:
-        thread = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, thread, max(nice, os.getpriority(os.PRIO_PROCESS, thread)))
-    except (AttributeError, OSError):  # no setpriority on this platform, or not allowed: same priority
-        pass
+__all__ = [  # what callers import from here
+    "BACKGROUND_BATCH_ROWS", "BatchFailed", "Batcher", "DeadlineExceeded", "Draining", "Feeds", "QueueFull",
+    "lower_priority",
+]  # fmt: skip
 
 
 class Batcher:
@@ -136,8 +83,8 @@ class Batcher:
         self._infer_alone = infer_alone or infer  # for an interactive batch computed while no other is
         self.name, self.provider = name, provider  # as the batch spans name them
         self.max_batch_rows, self.max_wait_s, self.max_queue_rows = max_batch_rows, max_wait_s, max_queue_rows
-        self._observer = observer or _NullObserver()
-        self._queue: deque[_Request] = deque()
+        self._observer = observer or NullObserver()
+        self._queue: deque[QueuedRequest] = deque()
         self._queued_rows = 0
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
@@ -146,7 +93,7 @@ class Batcher:
         self._slots = asyncio.Semaphore(runners)
         self._executor = ThreadPoolExecutor(runners, thread_name_prefix=f"infer-{name}")
         # The background lane: its own queue, runners and (low-priority) threads; threads start on first use.
-        self._background: deque[_Request] = deque()
+        self._background: deque[QueuedRequest] = deque()
         self._background_rows = 0
         self.background_runners = runners if background_runners is None else max(1, background_runners)
         # Background batches are bigger: each batch costs the event loop a hand-off, and nobody waits on their
@@ -206,7 +153,7 @@ class Batcher:
         now = time.monotonic()
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         span = None if background else tracing.request_span()
-        request = _Request(
+        request = QueuedRequest(
             feeds, n, future, now, now + timeout_s, pending=n, background=background, span=span
         )
         self._idle.clear()
@@ -223,7 +170,7 @@ class Batcher:
         self._wakeup.set()
         return future
 
-    def _forget(self, request: _Request) -> None:
+    def _forget(self, request: QueuedRequest) -> None:
         """A cancelled background request leaves the queue at once (a deleted job's rows stop counting)."""
         if request.future.cancelled() and request in self._background:
             self._background.remove(request)
@@ -254,7 +201,7 @@ class Batcher:
             self._background_wakeup.set()  # no interactive row waits: the background lane may go
         return chunks
 
-    def _take(self, queue: deque[_Request], background: bool) -> Chunks:
+    def _take(self, queue: deque[QueuedRequest], background: bool) -> Chunks:
         """Up to max_batch_rows rows (background_batch_rows in the background lane) from the head of one lane's
         queue; requests already answered (cancelled, failed) or past their deadline are dropped on the way."""
         chunks: Chunks = []
@@ -315,20 +262,7 @@ class Batcher:
         ):  # fmt: skip
             await self._slots.acquire()  # not locked: returns at once
             parts += 1
-        if parts == 1:
-            return [chunks]
-        sizes = [round((k + 1) * rows / parts) - round(k * rows / parts) for k in range(parts)]
-        cut: list[Chunks] = [[]]
-        room = sizes[0]
-        for request, a, b in chunks:
-            while a < b:
-                take = min(b - a, room)
-                cut[-1].append((request, a, a + take))
-                a, room = a + take, room - take
-                if room == 0 and len(cut) < parts:
-                    cut.append([])
-                    room = sizes[len(cut) - 1]
-        return cut
+        return [chunks] if parts == 1 else cut_rows(chunks, rows, parts)
 
     async def _run_background(self) -> None:
         """The background lane: a batch whenever one of its runners is free and no interactive row waits."""

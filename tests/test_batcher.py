@@ -386,9 +386,9 @@ def test_split_parts_cover_every_row_of_several_requests_once() -> None:
 
 
 def _request(loop: asyncio.AbstractEventLoop, n: int) -> Any:
-    from service.batcher import _Request
+    from service.batch_rows import QueuedRequest
 
-    return _Request(rows(0, n), n, loop.create_future(), 0.0, math.inf, pending=n)
+    return QueuedRequest(rows(0, n), n, loop.create_future(), 0.0, math.inf, pending=n)
 
 
 def test_drain_waits_for_every_batch_in_flight() -> None:
