@@ -238,7 +238,7 @@ def open_session(
     buckets, bind = config.bucket_sizes(provider), config.binds(provider)
     if not (buckets or bind or len(sessions) > 1):
         wide = None
-        if provider == CPU and wide_threads > max(intra_threads, 1):
+        if provider == CPU and intra_threads and wide_threads > intra_threads:  # 0: ORT's default, all CPUs
             wide_options = session_options(wide_threads, inter_threads, spinning)
             wide = ort.InferenceSession(str(path), wide_options, providers=[CPU])
         return SessionInfo(session, provider, wide=wide)

@@ -38,7 +38,6 @@ from service.runtime import (
     CUDA,
     RuntimeConfig,
     SessionInfo,
-    available_cpus,
     intra_op_threads,
     open_session,
 )
@@ -189,7 +188,8 @@ def open_graph(path: Path, settings: Settings) -> SessionInfo:
             settings.inter_op_threads,
             settings.ort_spinning,
             RuntimeConfig.of(settings, max(settings.max_batch_rows, BACKGROUND_BATCH_ROWS)),
-            wide_threads=available_cpus() // settings.workers if settings.wide_session else 0,
+            # the wide session: all of this worker's CPUs in one run
+            wide_threads=intra_op_threads(0, 1, settings.workers) if settings.wide_session else 0,
         )
     except Exception as error:  # onnxruntime raises its own exception types for corrupt graphs
         raise LoadError(f"ONNX Runtime cannot load the graph: {str(error).splitlines()[0]}") from None

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service import versions
+from service import runtime
 from service.main import create_app
 from service.runtime import open_session
 from service.settings import BUNDLED_MODELS, Settings
@@ -34,7 +34,7 @@ def test_the_wide_session_has_more_threads_and_the_same_bytes() -> None:
 
 def test_the_service_opens_it_per_setting_and_answers_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
     """A lone 3-row request (alone, under GAN_SPLIT_ROWS x 2) runs on the wide session when there is one."""
-    monkeypatch.setattr(versions, "available_cpus", lambda: 2)
+    monkeypatch.setattr(runtime, "available_cpus", lambda: 2)
     body = {"model": "fashion-cgan", "n": 3, "seed": 7, "format": "png"}
     answers = {}
     for wide in (True, False):
