@@ -420,8 +420,9 @@ def test_grafana_dashboard_queries_only_metrics_the_service_exports() -> None:
 
 
 def query(prometheus: str, expr: str) -> float | None:
-    response = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=5).json()
-    result = response["data"]["result"]
+    response = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=5)
+    response.raise_for_status()  # 503 "Service Unavailable" until Prometheus's storage is open
+    result = response.json()["data"]["result"]
     return float(result[0]["value"][1]) if result else None
 
 
@@ -461,7 +462,7 @@ def test_a_real_prometheus_scrapes_the_service_with_the_repository_config(bundle
                 nonlocal seen
                 try:
                     seen = {expr: query(prometheus, expr) for expr in wanted}
-                except httpx.TransportError:
+                except (httpx.TransportError, httpx.HTTPStatusError):  # not up yet, or up and not ready
                     seen = {}
                 return seen == wanted
 
