@@ -217,6 +217,10 @@ def test_changing_the_class_changes_the_images(watch: Watch, bundled_service: st
     detail = page.inner_text("#detail")
     assert "grid25" in detail and "index" in detail and "seed\n7" in detail, detail
     watch.shot(page.locator("#sample-panel"), "scatter")
+    # Every 2-D mixture the project trains on is drawn with its modes: the seeds' two Gaussians too.
+    page.select_option("#model", "gauss2")
+    page.wait_for_function("document.querySelector('#scatter-caption').innerText.includes('gauss2 v1')")
+    assert "over the 2 modes" in page.inner_text("#scatter-caption"), page.inner_text("#scatter-caption")
 
 
 def test_the_slider_scrubs_along_the_interpolation(watch: Watch, bundled_service: str) -> None:

@@ -1,9 +1,10 @@
 // 2-D models: samples as points over the modes of the mixture they were trained on (training/data.py's
-// ring8 and grid25 means, with their σ), an interpolation path, and the point nearest the pointer.
+// ring8, grid25 and gauss2 means, with their σ), an interpolation path, and the point nearest the pointer.
 
 const MIXTURES = {
   ring8: { sigma: 0.01, means: [...Array(8).keys()].map((k) => [Math.cos((2 * Math.PI * k) / 8), Math.sin((2 * Math.PI * k) / 8)]) },
   grid25: { sigma: 0.05, means: [-4, -2, 0, 2, 4].flatMap((x) => [-4, -2, 0, 2, 4].map((y) => [x, y])) },
+  gauss2: { sigma: 1.0, means: [[-2, -2], [2, 2]] },
 };
 
 const plot = { points: [], path: [], at: -1, modes: null, view: null, provenance: null, start: 0 };
