@@ -51,8 +51,13 @@ class DataSpec:
         return cls(**{**saved, "shape": tuple(saved["shape"]), "class_names": tuple(saved["class_names"])})
 
 
+def step_seed(seed: int, step: int) -> int:
+    """The seed of one training step's random draws: a pure function of (run seed, step), so resume is exact."""
+    return seed * 1_000_003 + step
+
+
 def _step_generator(seed: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) % (1 << 63))
+    return torch.Generator().manual_seed(step_seed(seed, step) % (1 << 63))
 
 
 ALL = slice(None)

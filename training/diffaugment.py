@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from training.data import step_seed
+
 POLICIES = ("color", "translation", "cutout")
 TRANSLATION = 0.125
 CUTOUT = 0.5
@@ -111,4 +113,4 @@ def augmented(
     """D itself without a policy; else D behind the augmentation seeded by (seed, step, phase)."""
     if not policy:
         return D
-    return Augmented(D, policy, (seed * 1_000_003 + step) * 7 + phase, n, part)
+    return Augmented(D, policy, step_seed(seed, step) * 7 + phase, n, part)
