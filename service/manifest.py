@@ -19,6 +19,11 @@ from pydantic import (
 )
 
 from service.files import atomic_write_bytes
+from service.graph_signature import Signature, encoder_signature, generator_signature
+
+# Re-exported for service/versions.py and service/encoders.py, which import them from here.
+from service.graph_signature import SignatureError as SignatureError
+from service.graph_signature import check_signature as check_signature
 from service.output_stats import OutputReference
 
 MANIFEST_FILE = "manifest.json"
@@ -264,15 +269,13 @@ class Manifest(BaseModel):
     def conditional(self) -> bool:
         return self.num_classes > 0
 
-    def signature(self) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
-        """The generator graph this manifest promises (see `check_signature`)."""
+    def signature(self) -> Signature:
+        """The generator graph this manifest promises (service.graph_signature)."""
         return generator_signature(self.z_dim, self.num_classes, self.output_shape)
 
-    def encoder_signature(self) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
-        """The encoder graph: x [N, *output_shape] (and c [N, K]) -> z [N, z_dim] (and logits [N, K])."""
-        classes = {"c": [self.num_classes]} if self.num_classes else {}
-        logits = {"logits": [self.num_classes]} if self.num_classes else {}
-        return {"x": list(self.output_shape)} | classes, {"z": [self.z_dim]} | logits
+    def encoder_signature(self) -> Signature:
+        """The encoder graph this manifest promises (service.graph_signature)."""
+        return encoder_signature(self.z_dim, self.num_classes, self.output_shape)
 
     def gate_results(self) -> list[GateResult]:
         return gate_results(self.gates, self.metrics)
@@ -346,46 +349,3 @@ def version_dirs(model_dir: Path) -> list[VersionDir]:
     (they are exports and copies still in flight)."""
     names = sorted(p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     return [VersionDir(d.name, v, d / str(v)) for d in names for v in version_numbers(d)]
-
-
-class TensorSignature(NamedTuple):
-    """One graph input or output as ONNX describes it: dims are ints, or a name / None where dynamic."""
-
-    name: str
-    dtype: str  # ONNX Runtime's spelling: "tensor(float)"
-    shape: tuple[int | str | None, ...]
-
-
-class SignatureError(ValueError):
-    """A graph whose inputs or outputs disagree with what its manifest promises."""
-
-
-def generator_signature(
-    z_dim: int, num_classes: int, output_shape: list[int]
-) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
-    """The generator contract per tensor, after the batch axis: inputs z (and c), output x."""
-    inputs = {"z": [z_dim]} | ({"c": [num_classes]} if num_classes else {})
-    return inputs, {"x": list(output_shape)}
-
-
-def check_signature(
-    inputs: list[TensorSignature],
-    outputs: list[TensorSignature],
-    expected: tuple[dict[str, list[int]], dict[str, list[int]]],
-) -> None:
-    """Names in order, float32, a dynamic batch axis, then exactly the expected dims."""
-    for kind, found, want in (("inputs", inputs, expected[0]), ("outputs", outputs, expected[1])):
-        if [t.name for t in found] != list(want):
-            raise SignatureError(f"graph {kind} {[t.name for t in found]} != expected {list(want)}")
-    for tensor in [*inputs, *outputs]:
-        tail = (expected[0] | expected[1])[tensor.name]
-        if tensor.dtype != "tensor(float)":
-            raise SignatureError(f"{tensor.name}: dtype {tensor.dtype}, expected tensor(float)")
-        if len(tensor.shape) != 1 + len(tail) or isinstance(tensor.shape[0], int):
-            raise SignatureError(
-                f"{tensor.name}: shape {list(tensor.shape)}: needs a dynamic batch axis and {len(tail)} more dims"
-            )
-        if list(tensor.shape[1:]) != tail:
-            raise SignatureError(
-                f"{tensor.name}: dims {list(tensor.shape[1:])} disagree with the manifest's {tail}"
-            )

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnxruntime as ort
 
-from service.manifest import TensorSignature
+from service.graph_signature import TensorSignature
 from service.placement import describe, node_placements, off_provider
 from service.runner import Feeds, Runner, power_buckets
 

@@ -10,7 +10,8 @@ import onnx
 import pytest
 
 from service.files import sha256_file
-from service.manifest import check_signature, load_manifest
+from service.graph_signature import check_signature
+from service.manifest import load_manifest
 from service.settings import BUNDLED_MODELS
 from training.edit_eval import measure
 from training.export import graph_signature

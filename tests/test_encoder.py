@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from service.files import sha256_file
+from service.graph_signature import check_signature
 from service.manifest import (
     MANIFEST_FILE,
     Direction,
     Manifest,
     QualityGate,
-    check_signature,
     load_manifest,
     save_manifest,
 )

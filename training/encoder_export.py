@@ -13,13 +13,12 @@ import numpy as np
 import torch
 
 from service.files import sha256_file
+from service.graph_signature import SignatureError, check_signature
 from service.manifest import (
     MANIFEST_FILE,
     ONNX_FILE,
     Encoder,
     Manifest,
-    SignatureError,
-    check_signature,
     load_manifest,
     save_manifest,
 )

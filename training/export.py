@@ -17,15 +17,12 @@ import torch
 from torch import nn
 
 from service.files import sha256_file
+from service.graph_signature import SignatureError, TensorSignature, check_signature, generator_signature
 from service.manifest import (
     MANIFEST_FILE,
     ONNX_FILE,
     Manifest,
     Provenance,
-    SignatureError,
-    TensorSignature,
-    check_signature,
-    generator_signature,
     save_manifest,
     version_numbers,
 )
