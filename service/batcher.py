@@ -11,16 +11,9 @@ A batch that leaves nothing queued and finds other runners idle is split into on
 is the only interactive one queued or computing goes to `infer_alone` (a session with a thread per CPU), so a
 lone small one does too, beside background batches as well (they run at the lowest priority).
 
-A second, background lane (`enqueue(..., background=True)`: dataset jobs) only fills idle capacity. Its rows
-wait in their own queue, which is drawn from only while no interactive row waits; its batches run on runners
-of their own (`background_runners`, default `runners`), on threads at the lowest CPU priority (nice 19), in
-batches of up to `background_batch_rows` (default 64, as interactive ones: ONNX Runtime ran 512-row batches
-10-35 % slower per row, more than the event loop's extra hand-offs cost), so an
-interactive request never waits for a runner held by background work and the OS gives it the CPU first.
-While interactive requests come (one in the last INTERACTIVE_RECENT_S), background batches use all their
-runners but one, so an interactive batch finds a core that no background batch holds.
-Background rows have no deadline and no row limit (their callers bound them), never count toward the
-interactive queue's 429 limit or its drain-rate estimate, and a drain fails them at once instead of waiting.
+A second, background lane (`enqueue(..., background=True)`: dataset jobs) only fills idle capacity, on
+runners and low-priority threads of its own; service.background_lane holds it and says how it yields to
+interactive work.
 """
 
 from __future__ import annotations
@@ -37,9 +30,9 @@ import numpy as np
 from opentelemetry.trace import Span
 
 from service import tracing
+from service.background_lane import BackgroundLane
 from service.batch_rows import (
     BACKGROUND_BATCH_ROWS,
-    INTERACTIVE_RECENT_S,
     BatchFailed,
     BatchObserver,
     Chunks,
@@ -92,25 +85,17 @@ class Batcher:
         self.runners, self.inline_rows, self.split_rows = runners, inline_rows, split_rows
         self._slots = asyncio.Semaphore(runners)
         self._executor = ThreadPoolExecutor(runners, thread_name_prefix=f"infer-{name}")
-        # The background lane: its own queue, runners and (low-priority) threads; threads start on first use.
-        self._background: deque[QueuedRequest] = deque()
-        self._background_rows = 0
-        self.background_runners = runners if background_runners is None else max(1, background_runners)
-        # Background batches are bigger: each batch costs the event loop a hand-off, and nobody waits on their
-        # latency (they run on runners of their own).
-        self.background_batch_rows = background_batch_rows or max(max_batch_rows, BACKGROUND_BATCH_ROWS)
-        self._background_slots = asyncio.Semaphore(self.background_runners)
-        self._background_wakeup = asyncio.Event()
-        self._background_executor = ThreadPoolExecutor(
-            self.background_runners,
-            thread_name_prefix=f"infer-bg-{name}",
-            initializer=lower_priority,
-            initargs=(background_nice,),
+        self._background = BackgroundLane(  # its own queue, runners and (low-priority) threads
+            name,
+            self._queue,
+            runners=runners if background_runners is None else max(1, background_runners),
+            nice=background_nice,
+            # Background batches are bigger: each batch costs the event loop a hand-off, and nobody waits on
+            # their latency (they run on runners of their own).
+            batch_rows=background_batch_rows or max(max_batch_rows, BACKGROUND_BATCH_ROWS),
         )
         self._worker: asyncio.Task[None] | None = None
         self._background_worker: asyncio.Task[None] | None = None
-        self._background_busy = 0  # background batches computing now
-        self._interactive_at = -math.inf  # when the last interactive request came (time.monotonic)
         self._computing: set[asyncio.Task[None]] = set()
         self._inflight: list[Chunks] = []  # the batches being computed, of both lanes
         self._closed = False
@@ -124,7 +109,7 @@ class Batcher:
     @property
     def background_rows(self) -> int:
         """Background rows waiting."""
-        return self._background_rows
+        return self._background.rows
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -144,7 +129,7 @@ class Batcher:
     ) -> asyncio.Future[np.ndarray]:
         """Queue n rows now; the future gets the (n, ...) output. Cancelling it drops the rows not yet computed.
 
-        `background`: the low-priority lane (see the module's docstring); `timeout_s` may be math.inf.
+        `background`: the low-priority lane (service.background_lane); `timeout_s` may be math.inf.
         """
         if self._closed:
             raise Draining("the service is draining")
@@ -158,12 +143,10 @@ class Batcher:
         )
         self._idle.clear()
         if background:
-            self._background.append(request)
-            self._background_rows += n
-            self._background_wakeup.set()
+            self._background.add(request)
             future.add_done_callback(lambda _: self._forget(request))
             return future
-        self._interactive_at = now
+        self._background.interactive_at = now
         self._queue.append(request)
         self._queued_rows += n
         self._observer.queue_rows(self._queued_rows)
@@ -172,14 +155,11 @@ class Batcher:
 
     def _forget(self, request: QueuedRequest) -> None:
         """A cancelled background request leaves the queue at once (a deleted job's rows stop counting)."""
-        if request.future.cancelled() and request in self._background:
-            self._background.remove(request)
-            self._background_rows -= request.n - request.next_row
-            if self._quiet():
-                self._idle.set()
+        if self._background.forget(request) and self._quiet():
+            self._idle.set()
 
     def _quiet(self) -> bool:
-        return not self._queue and not self._background and not self._inflight
+        return not self._queue and not self._background.queue and not self._inflight
 
     async def _collect(self) -> Chunks:
         """Wait for a full batch or the oldest request's wait limit, then take up to max_batch_rows rows."""
@@ -198,7 +178,7 @@ class Batcher:
         chunks = self._take(self._queue, background=False)
         self._observer.queue_rows(self._queued_rows)
         if not self._queue:
-            self._background_wakeup.set()  # no interactive row waits: the background lane may go
+            self._background.wakeup.set()  # no interactive row waits: the background lane may go
         return chunks
 
     def _take(self, queue: deque[QueuedRequest], background: bool) -> Chunks:
@@ -206,7 +186,7 @@ class Batcher:
         queue; requests already answered (cancelled, failed) or past their deadline are dropped on the way."""
         chunks: Chunks = []
         rows, now = 0, time.monotonic()
-        limit = self.background_batch_rows if background else self.max_batch_rows
+        limit = self._background.batch_rows if background else self.max_batch_rows
         while queue and rows < limit:
             request = queue[0]
             if request.future.done() or (request.next_row == 0 and now > request.deadline):
@@ -231,7 +211,7 @@ class Batcher:
 
     def _count(self, background: bool, rows: int) -> None:
         if background:
-            self._background_rows += rows
+            self._background.rows += rows
         else:
             self._queued_rows += rows
 
@@ -265,39 +245,18 @@ class Batcher:
         return [chunks] if parts == 1 else cut_rows(chunks, rows, parts)
 
     async def _run_background(self) -> None:
-        """The background lane: a batch whenever one of its runners is free and no interactive row waits."""
+        """The background lane: a batch whenever it may go (BackgroundLane.next_batch)."""
+        lane = self._background
         while True:
-            await self._background_slots.acquire()
-            try:
-                while not self._background or self._queue or self._background_yields():
-                    self._background_wakeup.clear()
-                    if self._background and not self._queue:  # yielding: until the traffic is past
-                        past = self._interactive_at + INTERACTIVE_RECENT_S - time.monotonic()
-                        with contextlib.suppress(TimeoutError):  # or a batch ends, or new rows come
-                            await asyncio.wait_for(self._background_wakeup.wait(), max(past, 0.001))
-                    else:
-                        await self._background_wakeup.wait()
-                chunks = self._take(self._background, background=True)
-            except BaseException:
-                self._background_slots.release()
-                raise
-            if not chunks:
-                self._background_slots.release()
-                if self._quiet():
-                    self._idle.set()
-                continue
-            self._launch(chunks, background=True)
-
-    def _background_yields(self) -> bool:
-        """While interactive requests come (one in the last INTERACTIVE_RECENT_S), background batches use at
-        most all but one of their runners, so an interactive batch finds a core no background batch holds."""
-        share = self.background_runners - 1 if self.background_runners > 1 else 1
-        recent = time.monotonic() - self._interactive_at < INTERACTIVE_RECENT_S
-        return recent and self._background_busy >= share
+            chunks = await lane.next_batch(lambda: self._take(lane.queue, background=True))
+            if chunks:
+                self._launch(chunks, background=True)
+            elif self._quiet():
+                self._idle.set()
 
     def _launch(self, chunks: Chunks, background: bool) -> None:
         if background:
-            self._background_busy += 1
+            self._background.started()
         self._inflight.append(chunks)
         task = asyncio.get_running_loop().create_task(self._compute(chunks, background))
         self._computing.add(task)
@@ -312,11 +271,11 @@ class Batcher:
             batch = self._batch_span(chunks, rows)  # None unless tracing is on
             started = time.perf_counter()
             try:
-                idle = len(self._inflight) == 1 and not self._queue and not self._background
+                idle = len(self._inflight) == 1 and not self._queue and not self._background.queue
                 # the only interactive batch: the wide session (a job's batches run at the lowest priority,
                 # so it takes their CPU rather than sharing a runner's share of it)
                 alone = (
-                    not background and not self._queue and len(self._inflight) - self._background_busy == 1
+                    not background and not self._queue and len(self._inflight) - self._background.busy == 1
                 )
                 infer = self._infer_alone if alone else self._infer
                 if not background and rows <= self.inline_rows and idle:
@@ -324,7 +283,7 @@ class Batcher:
                     # 1 ms request); nothing else is waiting for the loop meanwhile.
                     out = infer(feeds)
                 else:
-                    executor = self._background_executor if background else self._executor
+                    executor = self._background.executor if background else self._executor
                     out = await loop.run_in_executor(executor, infer, feeds)
                 if len(out) != rows:
                     raise BatchFailed(f"model returned {len(out)} rows for a batch of {rows}")
@@ -357,10 +316,10 @@ class Batcher:
                         request.future.set_result(request.out)
                 offset += b - a
         finally:
-            (self._background_slots if background else self._slots).release()
             if background:
-                self._background_busy -= 1
-                self._background_wakeup.set()
+                self._background.finished()  # its runner's slot released, the lane woken
+            else:
+                self._slots.release()
             if self._quiet():
                 self._idle.set()
 
@@ -372,20 +331,13 @@ class Batcher:
         wait_s = time.monotonic() - min(r.enqueued_at for r, _, _ in chunks)
         return tracing.start_batch(self.name, spans, len(chunks), rows, self.provider, wait_s)
 
-    def _fail_background(self, error: Exception) -> None:
-        for request in self._background:
-            if not request.future.done():
-                request.future.set_exception(error)
-        self._background.clear()
-        self._background_rows = 0
-        if self._quiet():
-            self._idle.set()
-
     async def drain(self, timeout_s: float) -> bool:
         """Stop intake, let queued interactive work finish for up to timeout_s, then fail the rest; True if all
         finished. Queued background rows fail at once (a dataset job resumes from its shards on disk)."""
         self._closed = True
-        self._fail_background(Draining("the service is draining"))
+        self._background.fail(Draining("the service is draining"))
+        if self._quiet():
+            self._idle.set()
         try:
             await asyncio.wait_for(self._idle.wait(), timeout_s)
             finished = True
@@ -402,11 +354,10 @@ class Batcher:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         inflight = [request for chunks in self._inflight for request, _, _ in chunks]
-        for request in inflight + list(self._queue) + list(self._background):
+        for request in inflight + list(self._queue) + list(self._background.queue):
             if not request.future.done():
                 request.future.set_exception(Draining("the service stopped before this request was computed"))
         self._queue.clear()
-        self._background.clear()
-        self._queued_rows = self._background_rows = 0
+        self._queued_rows = 0
         self._executor.shutdown(wait=False, cancel_futures=True)
-        self._background_executor.shutdown(wait=False, cancel_futures=True)
+        self._background.close()  # its queue cleared, its threads shut down

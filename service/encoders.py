@@ -108,6 +108,13 @@ def prepare_encoder(path: Path, manifest: Manifest, settings: Settings) -> tuple
     return session, ""
 
 
+def cpu_split_rows(settings: Settings, provider: str) -> int:
+    """A batcher's `split_rows`: GAN_SPLIT_ROWS where its session runs on the CPU, 0 (never split) elsewhere.
+
+    The generator's batcher (service.versions) takes it from here too."""
+    return settings.split_rows if provider == CPU else 0
+
+
 def start_encoder(
     session: SessionInfo, manifest: Manifest, settings: Settings, metrics: Metrics
 ) -> ReadyEncoder:
@@ -124,7 +131,7 @@ def start_encoder(
         provider=session.provider,
         runners=settings.runners,
         inline_rows=settings.inline_rows,
-        split_rows=settings.split_rows if session.provider == CPU else 0,
+        split_rows=cpu_split_rows(settings, session.provider),
     )
     batcher.start()
     return ReadyEncoder(manifest.encoder.sha256, session.provider, session, batcher)

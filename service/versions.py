@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 
 from service.batcher import BACKGROUND_BATCH_ROWS, Batcher, Feeds
-from service.encoders import ReadyEncoder, prepare_encoder, start_encoder
+from service.encoders import ReadyEncoder, cpu_split_rows, prepare_encoder, start_encoder
 from service.files import sha256_file
 from service.manifest import (
     MANIFEST_FILE,
@@ -34,7 +34,6 @@ from service.manifest import (
 )
 from service.metrics import Metrics, ModelObserver
 from service.runtime import (
-    CPU,
     CUDA,
     RuntimeConfig,
     SessionInfo,
@@ -267,7 +266,7 @@ def start_version(
         provider=session.provider,
         runners=max(settings.runners, session.devices),  # at least one batch in flight per GPU
         inline_rows=settings.inline_rows,
-        split_rows=settings.split_rows if session.provider == CPU else 0,
+        split_rows=cpu_split_rows(settings, session.provider),
         infer_alone=functools.partial(infer_alone, session) if session.wide is not None else None,
         background_nice=settings.dataset_nice,
     )
