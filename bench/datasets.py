@@ -26,7 +26,7 @@ import numpy as np
 
 from bench.load import closed_loop, running_service
 from bench.raw_ort import RawOrt, concurrent_rate, feeds_for, machine, service_threads
-from service.manifest import version_path
+from service.model_folders import version_path
 from service.settings import BUNDLED_MODELS, Settings
 
 

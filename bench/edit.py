@@ -24,7 +24,8 @@ from PIL import Image
 
 from bench.load import closed_loop, running_service
 from bench.raw_ort import machine, session, timed_runs
-from service.manifest import load_manifest, version_path
+from service.manifest import load_manifest
+from service.model_folders import version_path
 from service.runtime import intra_op_threads
 from service.settings import BUNDLED_MODELS, Settings
 

@@ -19,7 +19,8 @@ import uvicorn
 from fastapi import FastAPI, Response
 from PIL import Image
 
-from service.manifest import load_manifest, version_path
+from service.manifest import load_manifest
+from service.model_folders import version_path
 from service.settings import BUNDLED_MODELS
 
 

@@ -25,7 +25,8 @@ import httpx
 import numpy as np
 
 from service.main import create_app
-from service.manifest import load_manifest, version_path
+from service.manifest import load_manifest
+from service.model_folders import version_path
 from service.monitor import VersionMonitor
 from service.settings import BUNDLED_MODELS, Settings
 

@@ -24,7 +24,8 @@ import onnxruntime as ort
 
 from bench.load import ROOT, running_service
 from bench.workers import one_model_dir
-from service.manifest import ONNX_FILE, load_manifest, parse_manifest, save_manifest, version_path
+from service.manifest import ONNX_FILE, load_manifest, parse_manifest, save_manifest
+from service.model_folders import version_path
 
 
 def peers_dir() -> Path:

@@ -40,7 +40,8 @@ import psutil
 
 from bench.load import closed_loop, drive, free_port, running_service, summary
 from bench.raw_ort import RawOrt, feeds_for, machine, service_threads
-from service.manifest import Manifest, load_manifest, version_path
+from service.manifest import Manifest, load_manifest
+from service.model_folders import version_path
 from service.protocols.v2_tensors import HEADER_LENGTH, NUMPY_DTYPES
 from service.settings import BUNDLED_MODELS
 

@@ -27,7 +27,8 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper, shape_inference
 
 from service.batcher import lower_priority
-from service.manifest import load_manifest, version_dirs
+from service.manifest import load_manifest
+from service.model_folders import version_dirs
 from service.runtime import intra_op_threads
 from service.settings import BUNDLED_MODELS, Settings
 

@@ -28,7 +28,7 @@ import psutil
 
 from bench.load import closed_loop, running_service
 from bench.raw_ort import RawOrt, machine, service_threads
-from service.manifest import version_path
+from service.model_folders import version_path
 from service.settings import BUNDLED_MODELS
 
 SERVERS: dict[str, dict[str, Any]] = {

@@ -27,7 +27,8 @@ import psutil
 
 from bench.load import closed_loop, running_service
 from bench.raw_ort import RawOrt, machine
-from service.manifest import load_manifest, version_path
+from service.manifest import load_manifest
+from service.model_folders import version_path
 from service.runtime import available_cpus
 from service.settings import BUNDLED_MODELS
 

@@ -18,7 +18,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
-from service.manifest import VersionDir, version_dirs
+from service.model_folders import VersionDir, version_dirs
 from service.repository import ModelNotFound, Repository
 from service.versions import (
     FailedModel,

@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from service.manifest import version_dirs
+from service.model_folders import version_dirs
 
 
 def copy_models(source: Path, target: Path) -> list[str]:

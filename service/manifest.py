@@ -6,7 +6,7 @@ import json
 import os
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -20,10 +20,9 @@ from pydantic import (
 
 from service.files import atomic_write_bytes
 from service.graph_signature import Signature, encoder_signature, generator_signature
-
-# Re-exported for service/versions.py and service/encoders.py, which import them from here.
-from service.graph_signature import SignatureError as SignatureError
-from service.graph_signature import check_signature as check_signature
+from service.graph_signature import SignatureError as SignatureError  # re-export: versions.py, encoders.py
+from service.graph_signature import check_signature as check_signature  # re-export: versions.py, encoders.py
+from service.model_folders import VersionDir as VersionDir  # re-export: service/versions.py
 from service.output_stats import OutputReference
 
 MANIFEST_FILE = "manifest.json"
@@ -317,35 +316,3 @@ def load_manifest(path: str | os.PathLike[str]) -> Manifest:
 def save_manifest(manifest: Manifest, path: str | os.PathLike[str]) -> None:
     text = manifest.model_dump_json(indent=2) + "\n"
     atomic_write_bytes(Path(path), text.encode("utf-8"))
-
-
-class VersionDir(NamedTuple):
-    name: str
-    version: int
-    path: Path
-
-
-def version_numbers(model_root: Path) -> list[int]:
-    """The versions of one model folder, ascending: subfolders named by a positive integer."""
-    if not model_root.is_dir():
-        return []
-    found = (p for p in model_root.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
-    return sorted(int(p.name) for p in found)
-
-
-def version_path(model_dir: Path, name: str, version: int | None = None) -> Path:
-    """The folder of `name`'s `version`, or of its highest version; LookupError when there is none."""
-    root = Path(model_dir) / name
-    if version is None:
-        versions = version_numbers(root)
-        if not versions:
-            raise LookupError(f"{root}: no model versions")
-        version = versions[-1]
-    return root / str(version)
-
-
-def version_dirs(model_dir: Path) -> list[VersionDir]:
-    """Every `<name>/<version>` folder of a model directory, by name then version; hidden folders are skipped
-    (they are exports and copies still in flight)."""
-    names = sorted(p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-    return [VersionDir(d.name, v, d / str(v)) for d in names for v in version_numbers(d)]

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-from service.manifest import version_dirs
 from service.metrics import Metrics
+from service.model_folders import version_dirs
 from service.runtime import CUDA
 from service.settings import Settings
 from service.versions import FailedModel, Leases, ModelVersion, ReadyModel, fingerprint, load_version

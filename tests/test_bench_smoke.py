@@ -324,7 +324,7 @@ def test_peers_dcgan_becomes_a_version_the_service_loads(tmp_path: Path) -> None
     import onnxruntime as ort
 
     from bench.peer_servers import DCGAN, PEERS, dcgan_version
-    from service.manifest import VersionDir
+    from service.model_folders import VersionDir
     from service.settings import Settings
     from service.versions import Prepared, prepare_version
 

@@ -19,7 +19,7 @@ import yaml
 from service.datasets.cli import main
 from service.datasets.spec import JobSpec
 from service.main import create_app
-from service.manifest import version_path
+from service.model_folders import version_path
 from tests.support import ROOT, asgi_client
 from tests.test_datasets import MLCROISSANT, create, finished, settings
 

@@ -24,7 +24,7 @@ import pytest
 
 from gan_client import Client, Retrier, RetryPolicy
 from service import versions
-from service.manifest import VersionDir
+from service.model_folders import VersionDir
 from service.settings import Settings
 from tests.support import ROOT, free_port, wait_until
 

@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "utility":
             import torch
 
-            from service.manifest import version_path
+            from service.model_folders import version_path
             from training.utility import evaluate_utility, report_utility
 
             if args.threads:

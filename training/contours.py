@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from service.manifest import MANIFEST_FILE, ONNX_FILE, load_manifest, version_path
+from service.manifest import MANIFEST_FILE, ONNX_FILE, load_manifest
+from service.model_folders import version_path
 from training.data import MIXTURES
 from training.mixture_fit import log_density
 

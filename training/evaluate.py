@@ -29,8 +29,8 @@ from service.manifest import (
     SpaceEvaluation,
     load_manifest,
     save_manifest,
-    version_path,
 )
+from service.model_folders import version_path
 from training.data import MIXTURES
 from training.feature_net import FEATURE_SPACE
 from training.image_protocols import evaluate_images, evaluate_stacked, prefixed

@@ -18,14 +18,8 @@ from torch import nn
 
 from service.files import sha256_file
 from service.graph_signature import SignatureError, TensorSignature, check_signature, generator_signature
-from service.manifest import (
-    MANIFEST_FILE,
-    ONNX_FILE,
-    Manifest,
-    Provenance,
-    save_manifest,
-    version_numbers,
-)
+from service.manifest import MANIFEST_FILE, ONNX_FILE, Manifest, Provenance, save_manifest
+from service.model_folders import version_numbers
 from training.checkpoint import CHECKPOINT, load_checkpoint
 from training.config import TrainConfig
 from training.contours import draws_contours, write_contours

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from service.files import sha256_file
-from service.manifest import MANIFEST_FILE, ONNX_FILE, Manifest, load_manifest, version_path
+from service.manifest import MANIFEST_FILE, ONNX_FILE, Manifest, load_manifest
+from service.model_folders import version_path
 from training.config import TrainConfig
 from training.data import builtin_spec
 from training.export import PARITY_BATCHES, PARITY_TOLERANCE, Generator, parity_inputs

@@ -21,7 +21,8 @@ import numpy as np
 
 from service.files import sha256_file
 from service.latents import latents
-from service.manifest import MANIFEST_FILE, ONNX_FILE, Manifest, load_manifest, save_manifest, version_dirs
+from service.manifest import MANIFEST_FILE, ONNX_FILE, Manifest, load_manifest, save_manifest
+from service.model_folders import version_dirs
 from service.output_stats import (
     DIRECTIONS,
     PIXEL_SIDE,

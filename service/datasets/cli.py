@@ -24,7 +24,8 @@ from service.datasets.runner import software
 from service.datasets.shards import Identity, encode_shard, remove_partial, served, shard_name, write_shard
 from service.datasets.spec import JobSpec, RowPlan
 from service.datasets.store import Job, Shard
-from service.manifest import ONNX_FILE, Manifest, VersionDir, version_path
+from service.manifest import ONNX_FILE, Manifest
+from service.model_folders import VersionDir, version_path
 from service.runtime import SessionInfo, intra_op_threads, open_session
 from service.settings import Settings
 from service.versions import check_graph, infer, read_manifest
