@@ -288,9 +288,11 @@ def load_version(found: VersionDir, settings: Settings, metrics: Metrics) -> Mod
 
 
 def fingerprint(found: VersionDir) -> str:
-    """What a version was loaded from: its manifest's bytes and the size and mtime of every other file."""
+    """What a version was loaded from: its manifest's bytes and the size and mtime of every graph (.onnx) in it.
+
+    Only the files a version reads count: a figure written beside it (contours.png) does not reload it."""
     digest = hashlib.sha256((found.path / MANIFEST_FILE).read_bytes())
-    for file in sorted(p for p in found.path.iterdir() if p.is_file() and p.name != MANIFEST_FILE):
+    for file in sorted(p for p in found.path.glob("*.onnx") if p.is_file()):
         stat = file.stat()
         digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
     return digest.hexdigest()

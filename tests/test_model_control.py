@@ -19,7 +19,9 @@ from tritonclient.utils import InferenceServerException
 
 from service.auth import ApiKeyError
 from service.main import create_app
+from service.model_folders import VersionDir
 from service.settings import Settings
+from service.versions import fingerprint
 from tests.support import asgi_client, eventually, free_port, running_service
 
 ADMIN = "admin-key-0123456789"
@@ -247,3 +249,22 @@ def test_the_official_clients_control_a_real_server(tmp_path: Path, model_dir: P
             grpc.load_model("missing", headers=AS_ADMIN_GRPC)
         grpc.close()
         http.close()
+
+
+def test_only_what_a_version_reads_marks_it_changed(tmp_path: Path, model_dir: Path) -> None:
+    target = add_version(tmp_path / "models", model_dir, 1)
+    found = VersionDir("ring", 1, target)
+    mark = fingerprint(found)
+    (target / "contours.png").write_bytes(b"a figure beside the model, never read by the service")
+    (target / "notes.txt").write_text("nor this")
+    assert fingerprint(found) == mark
+    (target / "encoder.onnx").write_bytes(b"an encoder graph: read when the manifest names one")
+    assert fingerprint(found) != mark
+    mark = fingerprint(found)
+    onnx = (target / "model.onnx").read_bytes()
+    (target / "model.onnx").write_bytes(onnx + b"\0")
+    assert fingerprint(found) != mark
+    mark = fingerprint(found)
+    manifest = json.loads((target / "manifest.json").read_text())
+    (target / "manifest.json").write_text(json.dumps(manifest | {"description": "changed"}))
+    assert fingerprint(found) != mark
