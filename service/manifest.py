@@ -24,6 +24,8 @@ from service.graph_signature import SignatureError as SignatureError  # re-expor
 from service.graph_signature import check_signature as check_signature  # re-export: versions.py, encoders.py
 from service.model_folders import VersionDir as VersionDir  # re-export: service/versions.py
 from service.output_stats import OutputReference
+from service.quality_gates import GateResult, QualityGate, gate_results
+from service.quality_gates import gate_problem as gate_problem  # re-export: versions.py, encoders.py
 
 MANIFEST_FILE = "manifest.json"
 ONNX_FILE = "model.onnx"
@@ -52,24 +54,6 @@ class Provenance(BaseModel):
     # wall_time_s, and what `auto` resolved to there: device, precision, threads.
     segments: list[dict[str, Any]] = []
     dry_run: bool = False  # trained on fake data by `--dry-run`: a plumbing test, not a model
-
-
-class QualityGate(BaseModel):
-    """A threshold on one entry of `metrics`: the model passes when `metrics[metric] <op> threshold`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    metric: str
-    op: Literal["<=", ">="]
-    threshold: float
-
-
-class GateResult(BaseModel):
-    metric: str
-    op: Literal["<=", ">="]
-    threshold: float
-    value: float | None
-    passed: bool
 
 
 class SpaceEvaluation(BaseModel):
@@ -111,26 +95,6 @@ class Evaluation(BaseModel):
         if not self.spaces:
             data.pop("spaces", None)
         return data
-
-
-def gate_results(gates: list[QualityGate], metrics: dict[str, float]) -> list[GateResult]:
-    """Each gate against `metrics`; a gate whose metric is missing fails."""
-    results = []
-    for gate in gates:
-        value = metrics.get(gate.metric)
-        passed = value is not None and (
-            value <= gate.threshold if gate.op == "<=" else value >= gate.threshold
-        )
-        results.append(GateResult(**gate.model_dump(), value=value, passed=passed))
-    return results
-
-
-def gate_problem(gates: list[QualityGate], metrics: dict[str, float]) -> str | None:
-    """Why these metrics do not pass these gates (None: they pass)."""
-    if not metrics or not gates:
-        return "no quality metrics or gates in the manifest (run `python -m training evaluate`)"
-    failed = [g for g in gate_results(gates, metrics) if not g.passed]
-    return "; ".join(f"{g.metric} = {g.value} fails {g.op} {g.threshold:g}" for g in failed) or None
 
 
 class Encoder(BaseModel):

@@ -14,14 +14,8 @@ import torch
 
 from service.files import sha256_file
 from service.graph_signature import check_signature
-from service.manifest import (
-    MANIFEST_FILE,
-    Direction,
-    Manifest,
-    QualityGate,
-    load_manifest,
-    save_manifest,
-)
+from service.manifest import MANIFEST_FILE, Direction, Manifest, load_manifest, save_manifest
+from service.quality_gates import QualityGate
 from tests.support import tiny_config
 from training.__main__ import main
 from training.edit_data import RealImages

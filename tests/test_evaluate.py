@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from service.files import sha256_file
-from service.manifest import Manifest, QualityGate, load_manifest
+from service.manifest import Manifest, load_manifest
+from service.quality_gates import QualityGate
 from training.__main__ import main
 from training.data import make_source, ring8_means
 from training.evaluate import GATES, evaluate, gates_for, protocol_gates, report

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.manifest import QualityGate, gate_results
+from service.quality_gates import QualityGate, gate_results
 from training.contours import kde, real_density, window
 from training.data import MIXTURES, make_source
 from training.evaluate import GATES, evaluate_mixture

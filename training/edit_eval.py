@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from service.files import sha256_file
-from service.manifest import MANIFEST_FILE, ONNX_FILE, Evaluation, Manifest, QualityGate, load_manifest
+from service.manifest import MANIFEST_FILE, ONNX_FILE, Evaluation, Manifest, load_manifest
+from service.quality_gates import QualityGate
 from training.edit_data import RealImages
 from training.feature_net import FEATURE_SPACE, Evaluator
 

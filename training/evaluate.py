@@ -25,12 +25,12 @@ from service.manifest import (
     ONNX_FILE,
     Evaluation,
     Manifest,
-    QualityGate,
     SpaceEvaluation,
     load_manifest,
     save_manifest,
 )
 from service.model_folders import version_path
+from service.quality_gates import QualityGate
 from training.data import MIXTURES
 from training.feature_net import FEATURE_SPACE
 from training.image_protocols import evaluate_images, evaluate_stacked, prefixed

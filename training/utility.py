@@ -27,15 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from service.latents import latents, sample_latent
-from service.manifest import (
-    MANIFEST_FILE,
-    Evaluation,
-    Manifest,
-    QualityGate,
-    Utility,
-    load_manifest,
-    save_manifest,
-)
+from service.manifest import MANIFEST_FILE, Evaluation, Manifest, Utility, load_manifest, save_manifest
+from service.quality_gates import QualityGate
 
 SEEDS = (0, 1, 2)  # classifier seeds (and the k-shot draws)
 SYNTHETIC_SEED = 20_261_201  # the /augment seed of every synthetic set, fixed before measuring
