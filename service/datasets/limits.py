@@ -1,10 +1,13 @@
 """The limits a dataset job is held to when it is created, each refused with the field and the setting named:
 rows per job (GAN_MAX_DATASET_ROWS), rows per shard (one shard is one download: GAN_MAX_RESPONSE_BYTES), jobs
-running at once (GAN_MAX_DATASET_JOBS, 429) and disk (GAN_DATASET_DISK_BYTES and the free space, 507). The disk
-is checked again before every shard is written (service.datasets.runner)."""
+running at once (GAN_MAX_DATASET_JOBS, 429), disk (GAN_DATASET_DISK_BYTES and the free space, 507) and one process
+(GAN_WORKERS, 409). The disk budget is checked again before every shard is written (`shard_over_budget`), and a
+shard whose write fails on a full disk fails its job saying so (`write_failed`)."""
 
 from __future__ import annotations
 
+import errno
+import math
 import shutil
 from pathlib import Path
 
@@ -37,6 +40,12 @@ def check_size(plan: RowPlan, field: str, settings: Settings) -> int:
     return total * row_bytes
 
 
+def retry_after(etas: list[float | None]) -> int:
+    """Seconds until the running job closest to the end finishes, at its measured rate (1 .. 3600)."""
+    known = [eta for eta in etas if eta is not None]
+    return max(1, min(3600, math.ceil(min(known)))) if known else 60
+
+
 def check_running(running: int, settings: Settings, retry_after_s: int) -> None:
     if running >= settings.max_dataset_jobs:
         raise ApiError(
@@ -64,3 +73,31 @@ def check_disk(estimate: int, store: Store, root: Path, field: str, settings: Se
         raise ApiError(
             507, f"the set needs about {estimate} bytes; the disk of GAN_DATA_DIR has {free} free", field
         )
+
+
+def check_one_process(settings: Settings, what: str) -> None:
+    """Creating a job, and deleting a running one, need the process that runs jobs (GAN_WORKERS=1)."""
+    if settings.workers > 1:
+        raise ApiError(
+            409,
+            f"dataset jobs are {what} only with GAN_WORKERS=1 (it is {settings.workers}): a job runs in "
+            "one process, which the other workers cannot reach; recorded jobs are read, finished ones deleted",
+            "GAN_WORKERS",
+        )
+
+
+def shard_over_budget(k: int, size: int, store: Store, settings: Settings) -> str | None:
+    """Why shard k (`size` bytes) may not be written, the budget being spent (None: it may)."""
+    budget, written = settings.dataset_disk_bytes, store.bytes_written()
+    if written + size <= budget:
+        return None
+    return (
+        f"disk budget exceeded: shard {k} ({size} bytes) would bring the shards to {written + size} bytes, "
+        f"over GAN_DATASET_DISK_BYTES = {budget}; the shards before it are kept"
+    )
+
+
+def write_failed(k: int, error: OSError) -> str:
+    """Why writing shard k failed; a full disk (or quota) says so."""
+    full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+    return f"{'disk full: ' if full else ''}writing shard {k} failed: {error}"

@@ -9,31 +9,29 @@ hold the GIL against the event loop in a thread.
 GAN_WORKERS > 1 (service.workers): a job's task, its progress and the limits' check live in one process, so
 worker 0 alone resumes unfinished jobs and expires old ones, every worker reads jobs and shards from SQLite, and
 creating a job, or deleting a running one, is refused with a 409 naming GAN_WORKERS (no worker can cancel
-another's task); a finished job is deleted by any worker.
+another's task); a finished job is deleted by any worker. The limits are service.datasets.limits; removing jobs
+(DELETE, the retention) is service.datasets.retention.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-import errno
 import importlib.metadata
 import logging
 import math
 import secrets
-import shutil
 import time
 from collections import deque
 from pathlib import Path
 
 from service.batcher import BatchFailed, Draining
-from service.datasets.limits import check_disk, check_running, check_size
+from service.datasets import limits, retention
 from service.datasets.shards import Identity, encode_and_hash, remove_partial, served, shard_name, write_shard
-from service.datasets.spec import DatasetRequest, JobSpec, RowPlan
+from service.datasets.spec import DatasetRequest, JobSpec, RowPlan, resolved
 from service.datasets.store import DB_FILE, Job, Shard, Store
 from service.datasets.workers import WorkerFailed, Workers
 from service.errors import ApiError
-from service.plans import chosen_seed
 from service.repository import ModelNotFound, ModelUnavailable
 from service.state import AppState
 from service.versions import ReadyModel
@@ -67,8 +65,12 @@ class DatasetJobs:
     def root(self) -> Path:
         return self.settings.data_dir.resolve()
 
+    @property
+    def datasets(self) -> Path:
+        return self.root / "datasets"
+
     def folder(self, job_id: str) -> Path:
-        return self.root / "datasets" / job_id
+        return self.datasets / job_id
 
     def open_store(self) -> Store:
         """The database, created on first use (a service that never runs a job writes nothing)."""
@@ -80,28 +82,22 @@ class DatasetJobs:
         return self.store
 
     async def start(self) -> None:
-        """Resume every unfinished job (from its first incomplete shard), and expire finished ones."""
+        """Remove what interrupted removals left, expire finished jobs, and resume every unfinished one (from its
+        first incomplete shard)."""
         if not runs_dataset_jobs():  # another worker than 0: reads only
             if (self.root / DB_FILE).exists():
                 self.open_store()
             return
         if (self.root / DB_FILE).exists():
             store = self.open_store()
+            await retention.recover(store, self.datasets)
             await self.sweep()
-            known = {job.id for job in store.jobs()}
-            for orphan in (self.root / "datasets").glob("*"):  # a delete killed between its two steps
-                if orphan.is_dir() and orphan.name not in known:
-                    await asyncio.to_thread(shutil.rmtree, orphan, True)
             for job in store.jobs("running"):
-                log.info(
-                    "dataset job %s: resuming (%d of %d shards listed)",
-                    job.id,
-                    len(store.shards(job.id)),
-                    job.shards,
-                )
+                listed = len(store.shards(job.id))
+                log.info("dataset job %s: resuming (%d of %d shards listed)", job.id, listed, job.shards)
                 self.spawn(job.id)
-        interval = min(60.0, max(0.05, self.settings.dataset_retention_s / 4))
-        self.sweeper = asyncio.get_running_loop().create_task(self.sweep_forever(interval))
+        interval = retention.sweep_interval(self.settings.dataset_retention_s)
+        self.sweeper = asyncio.get_running_loop().create_task(retention.sweep_forever(interval, self.sweep))
 
     async def close(self) -> None:
         tasks = [t for t in [self.sweeper, *self.tasks.values()] if t is not None]
@@ -120,15 +116,15 @@ class DatasetJobs:
     def create(self, body: DatasetRequest) -> Job:
         """Check every limit, record the job and start it. No await inside: the limits cannot race."""
         settings = self.settings
-        self.one_process("created")
+        limits.check_one_process(settings, "created")
         model = self.state.repository.get(body.model, body.version)  # held for the request, 404 / 503
         manifest, field = model.manifest, body.plan_field()
-        plan = RowPlan.of(resolved(body, model, settings.png_provenance), manifest)
-        estimate = check_size(plan, field, settings)
+        plan = RowPlan.of(resolved(body, model.version, settings.png_provenance), manifest)
+        estimate = limits.check_size(plan, field, settings)
         store = self.open_store()
-        running = store.jobs("running")
-        check_running(len(running), settings, self.retry_after(running))
-        check_disk(estimate, store, self.root, field, settings)
+        etas = [self.progress(job)[1] for job in store.jobs("running")]
+        limits.check_running(len(etas), settings, limits.retry_after(etas))
+        limits.check_disk(estimate, store, self.root, field, settings)
         job = Job(
             secrets.token_hex(8), plan.spec.model_dump(mode="json"), "running", model.name, model.version,
             manifest.onnx_sha256, plan.total_rows, plan.shards, estimate, time.time(), None, 0.0, None, plan.info(),
@@ -136,20 +132,6 @@ class DatasetJobs:
         store.insert(job)
         self.spawn(job.id)
         return job
-
-    def one_process(self, what: str) -> None:
-        if self.settings.workers > 1:
-            raise ApiError(
-                409,
-                f"dataset jobs are {what} only with GAN_WORKERS=1 (it is {self.settings.workers}): a job runs in "
-                "one process, which the other workers cannot reach; recorded jobs are read, finished ones deleted",
-                "GAN_WORKERS",
-            )
-
-    def retry_after(self, running: list[Job]) -> int:
-        """Seconds until the running job closest to the end finishes, at its measured rate (1 .. 3600)."""
-        etas = [eta for job in running if (eta := self.progress(job)[1]) is not None]
-        return max(1, min(3600, math.ceil(min(etas)))) if etas else 60
 
     def job(self, job_id: str) -> Job:
         job = self.store.job(job_id) if self.store is not None else None
@@ -175,34 +157,20 @@ class DatasetJobs:
         rate = (done - rows_then) / elapsed
         return rate, (job.total_rows - done) / rate
 
-    async def delete(self, job_id: str, expired: bool = False) -> None:
-        """Cancel the job if it runs, then remove it: its row first, then its files (start-up removes the files
-        of a delete that was killed halfway)."""
-        if self.job(job_id).state == "running" and not expired:
-            self.one_process("running and deleted")
+    async def delete(self, job_id: str) -> None:
+        """Cancel the job if it runs, then remove it (service.datasets.retention)."""
+        if self.job(job_id).state == "running":
+            limits.check_one_process(self.settings, "running and deleted")
         task = self.tasks.get(job_id)
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         assert self.store is not None
-        self.store.delete(job_id)
-        await asyncio.to_thread(shutil.rmtree, self.folder(job_id), True)
+        await retention.remove(self.store, self.datasets, job_id)
 
     async def sweep(self) -> None:
-        """Remove finished jobs older than GAN_DATASET_RETENTION_S."""
-        if self.store is None:
-            return
-        for job_id in self.store.expired(time.time() - self.settings.dataset_retention_s):
-            log.info("dataset job %s: expired (GAN_DATASET_RETENTION_S)", job_id)
-            await self.delete(job_id, expired=True)
-
-    async def sweep_forever(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.sweep()
-            except Exception:  # a failed removal is retried at the next sweep; the sweeper goes on
-                log.exception("dataset retention sweep failed")
+        if self.store is not None:
+            await retention.expire(self.store, self.datasets, self.settings.dataset_retention_s)
 
     # --- running -------------------------------------------------------------------------------------------
 
@@ -304,19 +272,14 @@ class DatasetJobs:
     ) -> float:
         """Check the budget, write shard k atomically, then list it; returns when it was listed."""
         assert self.store is not None
-        budget, written = self.settings.dataset_disk_bytes, self.store.bytes_written()
-        if written + len(data) > budget:
-            raise JobFailed(
-                f"disk budget exceeded: shard {k} ({len(data)} bytes) would bring the shards to "
-                f"{written + len(data)} bytes, over GAN_DATASET_DISK_BYTES = {budget}; the shards before it are kept"
-            )
+        if (problem := limits.shard_over_budget(k, len(data), self.store, self.settings)) is not None:
+            raise JobFailed(problem)
         path = self.folder(job.id) / shard_name(k, plan.spec.format)
         write = asyncio.ensure_future(asyncio.to_thread(write_shard, path, data))
         try:
             await asyncio.shield(write)
         except OSError as error:
-            full = error.errno in (errno.ENOSPC, errno.EDQUOT)
-            raise JobFailed(f"{'disk full: ' if full else ''}writing shard {k} failed: {error}") from None
+            raise JobFailed(limits.write_failed(k, error)) from None
         except asyncio.CancelledError:  # the write ends (atomically) before the job's files may be removed
             await asyncio.gather(write, return_exceptions=True)
             raise
@@ -332,10 +295,3 @@ class DatasetJobs:
         if self.pool is None:
             self.pool = Workers(2 * self.settings.max_dataset_jobs, self.settings.dataset_nice)
         return self.pool
-
-
-def resolved(body: DatasetRequest, model: ReadyModel, png_provenance: bool) -> JobSpec:
-    """The spec with its seed, version and PNG provenance fixed: what makes every shard reproducible."""
-    fields = body.model_dump() | {"seed": chosen_seed(body.seed), "version": model.version}
-    fields["png_provenance"] = png_provenance if body.png_provenance is None else body.png_provenance
-    return JobSpec.model_validate(fields)

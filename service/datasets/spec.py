@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from service.latents import MAX_SEED
 from service.manifest import Manifest
-from service.plans import Plan, augment_counts, set_rows
+from service.plans import Plan, augment_counts, chosen_seed, set_rows
 from service.schemas import AugmentRequest, ModelChoice, SetPlan
 
 Format = Literal["webdataset", "parquet", "npz"]
@@ -67,6 +67,13 @@ class JobSpec(DatasetRequest):
     version: int = Field(ge=1, description="the model version the shards come from")
     seed: int = Field(ge=0, le=MAX_SEED)
     png_provenance: bool = True
+
+
+def resolved(body: DatasetRequest, version: int, png_provenance: bool) -> JobSpec:
+    """The spec with its seed, version and PNG provenance fixed: what makes every shard reproducible."""
+    fields = body.model_dump() | {"seed": chosen_seed(body.seed), "version": version}
+    fields["png_provenance"] = png_provenance if body.png_provenance is None else body.png_provenance
+    return JobSpec.model_validate(fields)
 
 
 @dataclass(frozen=True)
