@@ -1,17 +1,20 @@
 """Every limit of dataset jobs answers with the service's error shape, naming the field and the setting: rows per
-job, shard size, jobs at once, the disk budget before and during a job, a full disk, retention; and the
-errors of plans, models, unknown jobs and shards."""
+job, shard size, jobs at once, the disk budget before and during a job, a full disk, retention (and a removal
+killed halfway); and the errors of plans, models, unknown jobs and shards."""
 
 from __future__ import annotations
 
 import errno
 import os
+import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from service.datasets.store import Store
 from tests.support import Hold, eventually
 from tests.test_datasets import PLAN, create, finished, scenario
 
@@ -152,7 +155,18 @@ def test_the_disk_budget_is_checked_again_before_every_shard(
     scenario(tmp_path, model_dir, test, dataset_disk_bytes=25_000)
 
 
-def test_finished_jobs_expire_after_the_retention(tmp_path: Path, model_dir: Path) -> None:
+def test_finished_jobs_expire_after_the_retention(
+    tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job's 404 comes only once its files are gone, however slow their removal (here: as under load)."""
+    real_rmtree = shutil.rmtree
+
+    def slow_rmtree(path: Any, *args: Any, **kwargs: Any) -> None:
+        time.sleep(0.2)
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", slow_rmtree)
+
     async def test(client: httpx.AsyncClient, app: Any) -> None:
         created = await create(client, PLAN)
         folder = app.state.datasets.folder(created["id"])
@@ -164,6 +178,46 @@ def test_finished_jobs_expire_after_the_retention(tmp_path: Path, model_dir: Pat
         assert not folder.exists()
 
     scenario(tmp_path, model_dir, test, dataset_retention_s=0.3)
+
+
+def test_a_removal_killed_halfway_is_finished_at_the_next_start(
+    tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A removal killed after the job's files went and before its row (here: the row's delete raises) leaves its
+    mark; the next start finishes it before resuming anything: the running job is not resumed and the finished
+    one is not listed without its files."""
+
+    class Killed(Exception):
+        pass
+
+    def killed(store: Store, job_id: str) -> None:
+        raise Killed
+
+    async def first(client: httpx.AsyncClient, app: Any) -> list[str]:
+        done = await finished(client, (await create(client, PLAN))["url"])
+        hold = Hold(app.state.gan.repository.get("digits").batcher)
+        running = await create(client, PLAN)
+        await eventually(lambda: hold.entered >= 1, what="the second job in the model")
+        jobs, ids = app.state.datasets, [done["id"], running["id"]]
+        with monkeypatch.context() as patch:
+            patch.setattr(Store, "delete", killed)
+            for job_id in ids:
+                with pytest.raises(Killed):
+                    await jobs.delete(job_id)
+                assert not jobs.folder(job_id).exists()
+        hold.gate.set()
+        assert [(await client.get(f"/datasets/{i}")).json()["state"] for i in ids] == ["done", "running"]
+        return ids
+
+    ids = scenario(tmp_path, model_dir, first)
+
+    async def second(client: httpx.AsyncClient, app: Any) -> None:
+        for job_id in ids:
+            assert (await client.get(f"/datasets/{job_id}")).status_code == 404
+        assert (await client.get("/datasets")).json() == {"datasets": []} and not app.state.datasets.tasks
+        assert list(app.state.datasets.datasets.iterdir()) == []  # no folder, no mark left
+
+    scenario(tmp_path, model_dir, second)
 
 
 def test_an_unwritable_data_dir_is_a_clear_503(tmp_path: Path, model_dir: Path) -> None:

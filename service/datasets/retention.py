@@ -1,14 +1,17 @@
-"""Removing dataset jobs: a DELETE, and the retention sweep (finished jobs older than GAN_DATASET_RETENTION_S,
-every quarter of it and at least every minute, by worker 0 alone: service.workers).
+"""Removing dataset jobs, crash-safely: a DELETE, and the retention sweep (finished jobs older than
+GAN_DATASET_RETENTION_S, every quarter of it and at least every minute, by worker 0 alone: service.workers).
 
-A removal deletes the job's row, then its folder; the next start removes the folders without a row (a removal
-killed between its two steps) before any job resumes (`recover`).
+A removal marks the job first (`.<id>.deleting` beside the job folders), then removes its folder, then its row,
+then the mark: the job answers 404 only once its files are gone. A removal killed at any step leaves its mark,
+and the next start finishes it (`recover`) before any job resumes, so a job is never resumed, or left listed,
+with its files half removed. A folder without a row (its removal failed) is removed then too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import time
 from collections.abc import Awaitable, Callable
@@ -17,16 +20,41 @@ from pathlib import Path
 from service.datasets.store import Store
 
 log = logging.getLogger("service.datasets")
+MARK = ".deleting"
+
+
+def mark_path(datasets: Path, job_id: str) -> Path:
+    return datasets / f".{job_id}{MARK}"
+
+
+def _mark(path: Path) -> None:
+    """The mark, made durable (with the folder's fsync) before anything is removed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 async def remove(store: Store, datasets: Path, job_id: str) -> None:
-    """Remove a job that no task runs: its row first, then its files."""
-    store.delete(job_id)
+    """Remove a job that no task runs: mark, folder, row, unmark (each step may be repeated)."""
+    mark = mark_path(datasets, job_id)
+    await asyncio.to_thread(_mark, mark)
     await asyncio.to_thread(shutil.rmtree, datasets / job_id, True)
+    store.delete(job_id)
+    mark.unlink(missing_ok=True)
 
 
 async def recover(store: Store, datasets: Path) -> None:
-    """At start-up: remove the folders without a job (a removal killed between its two steps)."""
+    """At start-up: finish the removals a kill interrupted, then remove the folders without a job."""
+    for mark in sorted(datasets.glob(f".*{MARK}")):
+        job_id = mark.name[1 : -len(MARK)]
+        if not job_id or job_id.startswith("."):  # not a mark of ours: a job id is hex
+            continue
+        log.info("dataset job %s: finishing its removal, interrupted by the last stop", job_id)
+        await remove(store, datasets, job_id)
     known = {job.id for job in store.jobs()}
     for orphan in datasets.glob("*"):
         if orphan.is_dir() and orphan.name not in known:

@@ -82,8 +82,8 @@ class DatasetJobs:
         return self.store
 
     async def start(self) -> None:
-        """Remove what interrupted removals left, expire finished jobs, and resume every unfinished one (from its
-        first incomplete shard)."""
+        """Finish interrupted removals, expire finished jobs, and resume every unfinished one (from its first
+        incomplete shard)."""
         if not runs_dataset_jobs():  # another worker than 0: reads only
             if (self.root / DB_FILE).exists():
                 self.open_store()
@@ -158,7 +158,7 @@ class DatasetJobs:
         return rate, (job.total_rows - done) / rate
 
     async def delete(self, job_id: str) -> None:
-        """Cancel the job if it runs, then remove it (service.datasets.retention)."""
+        """Cancel the job if it runs, then remove it: its files, then its row (service.datasets.retention)."""
         if self.job(job_id).state == "running":
             limits.check_one_process(self.settings, "running and deleted")
         task = self.tasks.get(job_id)
