@@ -14,8 +14,10 @@ import numpy as np
 
 from service.batcher import Batcher, Feeds
 from service.files import sha256_file
-from service.manifest import Manifest, SignatureError, check_signature, gate_problem
+from service.graph_signature import SignatureError, check_signature
+from service.manifest import Manifest
 from service.metrics import Metrics, ModelObserver
+from service.quality_gates import gate_problem
 from service.runtime import CPU, CUDA, RuntimeConfig, SessionInfo, intra_op_threads, open_session
 from service.settings import Settings
 

@@ -20,12 +20,8 @@ from pydantic import (
 
 from service.files import atomic_write_bytes
 from service.graph_signature import Signature, encoder_signature, generator_signature
-from service.graph_signature import SignatureError as SignatureError  # re-export: versions.py, encoders.py
-from service.graph_signature import check_signature as check_signature  # re-export: versions.py, encoders.py
-from service.model_folders import VersionDir as VersionDir  # re-export: service/versions.py
 from service.output_stats import OutputReference
 from service.quality_gates import GateResult, QualityGate, gate_results
-from service.quality_gates import gate_problem as gate_problem  # re-export: versions.py, encoders.py
 
 MANIFEST_FILE = "manifest.json"
 ONNX_FILE = "model.onnx"

@@ -21,18 +21,17 @@ import numpy as np
 from service.batcher import BACKGROUND_BATCH_ROWS, Batcher, Feeds
 from service.encoders import ReadyEncoder, cpu_split_rows, prepare_encoder, start_encoder
 from service.files import sha256_file
+from service.graph_signature import SignatureError, check_signature
 from service.manifest import (
     MANIFEST_FILE,
     ONNX_FILE,
     Manifest,
     ManifestError,
-    SignatureError,
-    VersionDir,
-    check_signature,
-    gate_problem,
     load_manifest,
 )
 from service.metrics import Metrics, ModelObserver
+from service.model_folders import VersionDir
+from service.quality_gates import gate_problem
 from service.runtime import (
     CUDA,
     RuntimeConfig,
