@@ -185,36 +185,51 @@ def parquet_shard(
     identity: Identity, indices: list[int], labels: list[int | None], items: list[bytes], values: np.ndarray
 ) -> bytes:
     """Columns image (PNG bytes; x, float32 lists, for vector models), label and class_name (conditional models),
-    seed, index: one row group."""
+    seed, index: one row group.
+
+    The columns are built from buffers, never from Python objects: pyarrow's first conversion of Python objects
+    (or numpy arrays) imports pandas, when installed, about a second of CPU in every worker; the bytes are the
+    same (tests/test_shard_bytes.py)."""
     import pyarrow as pa  # the service needs it only when it writes parquet
     import pyarrow.parquet as pq
 
     columns: dict[str, Any] = {}
     if identity.kind == "image":
-        columns["image"] = pa.array(items, type=pa.binary())
+        columns["image"] = _variable(pa.binary(), items)
     else:
-        flat = pa.array(values.reshape(-1), type=pa.float32())
+        flat = _fixed(pa.float32(), np.ascontiguousarray(values.reshape(-1), dtype=np.float32))
         columns["x"] = pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
     if identity.class_names:
-        columns["label"] = pa.array(labels, type=pa.int64())
-        columns["class_name"] = pa.array([identity.class_names[y] for y in labels if y is not None])
-    columns["seed"] = pa.array([identity.seed] * len(indices), type=pa.int64())
-    columns["index"] = pa.array(indices, type=pa.int64())
+        columns["label"] = _fixed(pa.int64(), np.array(labels, dtype=np.int64))
+        names = [identity.class_names[y].encode() for y in labels if y is not None]
+        columns["class_name"] = _variable(pa.string(), names)
+    columns["seed"] = _fixed(pa.int64(), np.full(len(indices), identity.seed, dtype=np.int64))
+    columns["index"] = _fixed(pa.int64(), np.array(indices, dtype=np.int64))
     sink = pa.BufferOutputStream()
     pq.write_table(
-        pa.table(columns), sink, row_group_size=max(1, len(indices)), compression="snappy",
+        pa.Table.from_arrays(list(columns.values()), names=list(columns)), sink,
+        row_group_size=max(1, len(indices)), compression="snappy",
         use_dictionary=False, write_statistics=True, version="2.6", data_page_version="1.0",
     )  # fmt: skip
     return bytes(sink.getvalue().to_pybytes())
 
 
-def warm_parquet() -> None:
-    """pyarrow's first conversion of Python objects costs about a second (it imports pandas, when installed,
-    to check their types): a worker pays it once at start, beside its first calls, not inside a parquet job."""
+def _fixed(kind: Any, values: np.ndarray) -> Any:
+    """A pyarrow array of a fixed-width type over a contiguous numpy array of that type (no nulls)."""
     import pyarrow as pa
 
-    pa.array([b""], type=pa.binary())
-    pa.array([0], type=pa.int64())
+    return pa.Array.from_buffers(kind, len(values), [None, pa.py_buffer(values)])
+
+
+def _variable(kind: Any, items: list[bytes]) -> Any:
+    """A pyarrow binary or (UTF-8) string array over these byte strings (no nulls): int32 offsets and the data."""
+    import pyarrow as pa
+
+    offsets = np.zeros(len(items) + 1, dtype=np.int32)
+    np.cumsum([len(item) for item in items], out=offsets[1:])
+    return pa.Array.from_buffers(
+        kind, len(items), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(items))]
+    )
 
 
 def npz_shard(identity: Identity, plan: Plan, values: np.ndarray) -> bytes:

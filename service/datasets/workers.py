@@ -15,7 +15,6 @@ import importlib
 import os
 import pickle
 import sys
-import threading
 import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -23,7 +22,6 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 HEADER = 8
 PRELOAD = ("service.datasets.spec", "service.datasets.shards")  # pyarrow only for parquet: +35 MB
-WARM = "service.datasets.shards:warm_parquet"  # in a thread at start: its cost stays out of a parquet job
 
 
 class WorkerFailed(RuntimeError):
@@ -119,8 +117,6 @@ def serve(nice: int) -> None:
     lower_priority(nice)
     for module in PRELOAD:  # at start, not on the first call: all workers start (and import) at once
         importlib.import_module(module)
-    module, _, name = WARM.partition(":")
-    threading.Thread(target=getattr(importlib.import_module(module), name), daemon=True).start()
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # stray prints must not corrupt the answers
     calls = sys.stdin.buffer
