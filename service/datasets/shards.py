@@ -143,13 +143,17 @@ TAR_BLOCK, TAR_RECORD = 512, 10240  # tarfile's BLOCKSIZE and RECORDSIZE
 
 
 @functools.cache
-def _tar_template() -> bytes:
-    """tarfile's own USTAR header for a member named "" of size 0, mtime 0, mode 0644, owner 0/0, no names."""
+def _tar_template() -> tuple[bytes, bytes, bytes, int]:
+    """tarfile's own USTAR header for a member named "" of size 0, mtime 0, mode 0644, owner 0/0, no names, cut
+    around the fields a member changes (name, size, checksum), and the checksum of the rest (those three fields
+    counted as zeros, its own field as spaces)."""
     info = tarfile.TarInfo("")
     info.size, info.mtime, info.mode = 0, 0, 0o644
     info.uid = info.gid = 0
     info.uname = info.gname = ""
-    return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+    header = info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+    between, after = header[100:124], header[156:]
+    return between, header[136:148], after, sum(between) + sum(header[136:148]) + 8 * ord(" ") + sum(after)
 
 
 def tar_header(name: str, size: int) -> bytes:
@@ -157,13 +161,12 @@ def tar_header(name: str, size: int) -> bytes:
     encoded = name.encode("utf-8")
     if len(encoded) > 100 or size >= 8**11:  # tarfile would split the name into a prefix: not needed here
         raise ValueError(f"tar member {name!r} ({size} bytes) needs more than a plain USTAR header")
-    template = _tar_template()
-    header = bytearray(template)
-    header[0:100] = encoded.ljust(100, b"\0")
-    header[124:136] = b"%011o\0" % size
-    header[148:156] = b" " * 8  # the checksum counts its own field as spaces
-    header[148:155] = b"%06o\0" % sum(header)
-    return bytes(header)
+    between, before_checksum, after, fixed = _tar_template()
+    size_field = b"%011o\0" % size
+    checksum = fixed + sum(encoded) + sum(size_field)
+    return b"".join((
+        encoded.ljust(100, b"\0"), between, size_field, before_checksum, b"%06o\0 " % checksum, after,
+    ))  # fmt: skip
 
 
 def tar_bytes(members: Iterable[tuple[str, bytes]]) -> bytes:
