@@ -102,7 +102,7 @@ class Settings(BaseSettings):
         1,
         ge=0,
         le=64,
-        description="a batch of at most this many rows, with nothing else queued or computing, runs on the event loop (0: never)",
+        description="a batch of at most this many rows, with no other interactive batch queued or computing (a dataset job may run), runs on the event loop (0: never)",
     )
     split_rows: int = Field(
         4,

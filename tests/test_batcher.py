@@ -427,6 +427,45 @@ def test_a_tiny_batch_on_an_idle_batcher_runs_on_the_event_loop() -> None:
     assert threads[1][0] == 3 and threads[1][1] != loop_thread
 
 
+def test_a_tiny_batch_beside_background_work_still_runs_on_the_event_loop() -> None:
+    """inline_rows counts interactive work only: a job's batch computing and its rows queued (the lane yields to
+    interactive traffic) do not send a 1-row request through two thread hand-offs; a second interactive batch
+    in flight does."""
+    gate, threads = threading.Event(), []
+
+    def infer(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        first = float(feeds["z"][0, 0])
+        threads.append((first, threading.current_thread().name))
+        if first == 200.0 or first == 300.0:
+            gate.wait(30)
+        return feeds["z"] * 2
+
+    async def main() -> None:
+        batcher = Batcher(
+            infer, max_batch_rows=4, max_wait_s=0.0, max_queue_rows=100, runners=2, inline_rows=1,
+            background_runners=1, background_batch_rows=4,
+        )  # fmt: skip
+        batcher.start()
+        try:
+            job = batcher.enqueue(rows(200, 8), 8, math.inf, background=True)
+            await eventually(lambda: len(threads) == 1, what="the first background batch in the model")
+            assert batcher.background_rows == 4  # the second waits
+            np.testing.assert_array_equal(await batcher.submit(rows(0, 1), 1, 5), rows(0, 1)["z"] * 2)
+            held = asyncio.ensure_future(batcher.submit(rows(300, 2), 2, 5))  # an interactive batch in flight
+            await eventually(lambda: len(threads) == 3, what="the held interactive batch in the model")
+            np.testing.assert_array_equal(await batcher.submit(rows(1, 1), 1, 5), rows(1, 1)["z"] * 2)
+            gate.set()
+            await held, job
+        finally:
+            await batcher.close()
+
+    asyncio.run(main())
+    loop_thread = threading.main_thread().name
+    ran = dict(threads)
+    assert ran[200.0] != loop_thread and ran[0.0] == loop_thread  # beside the job: inline
+    assert ran[300.0] != loop_thread and ran[1.0] != loop_thread  # beside another interactive batch: a runner
+
+
 # --- the background lane (dataset jobs) ----------------------------------------------------------------------
 
 
