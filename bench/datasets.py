@@ -97,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--model", default="fashion-cgan")
     parser.add_argument("--model-dir", type=Path, default=BUNDLED_MODELS)
-    parser.add_argument("--rows", type=int, default=4000, help="rows of each throughput job")
+    parser.add_argument(
+        "--rows", type=int, default=20_000,
+        help="rows of each throughput job (a pipeline's job is tens of thousands: a short one measures its start)",
+    )  # fmt: skip
     parser.add_argument("--shard-rows", type=int, default=500)
     parser.add_argument("--formats", nargs="+", default=["npz", "webdataset", "parquet"])
     parser.add_argument("--nice", type=int, default=Settings.model_fields["dataset_nice"].default)
