@@ -25,10 +25,15 @@ def imported_modules(package: str) -> dict[str, set[str]]:
     return found
 
 
-# What training may import from the service: the manifest contract, the file primitives it writes with, the
-# latents (pure numpy), so the utility measurement draws exactly the rows /augment serves, and the output
-# statistics (pure numpy, imported by the manifest), so the export's reference is what the monitor computes.
-CONTRACT = {"service.manifest", "service.files", "service.latents", "service.output_stats"}
+# What training may import from the service: the manifest contract (the manifest, and beside it the graph
+# signature, the <name>/<version> folder layout and the quality gates it records), the file primitives it writes
+# with, the latents (pure numpy), so the utility measurement draws exactly the rows /augment serves, and the
+# output statistics (pure numpy, imported by the manifest), so the export's reference is what the monitor
+# computes.
+CONTRACT = {
+    "service.manifest", "service.graph_signature", "service.model_folders", "service.quality_gates",
+    "service.files", "service.latents", "service.output_stats",
+}  # fmt: skip
 
 
 def test_training_imports_only_the_contract_from_the_service() -> None:
