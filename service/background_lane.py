@@ -65,7 +65,7 @@ class BackgroundLane:
         its runner's slot stays held for it (released here if the batch came out empty)."""
         await self.slots.acquire()
         try:
-            while not self.queue or self._interactive or self.yields():
+            while not self.may_go():
                 self.wakeup.clear()
                 if self.queue and not self._interactive:  # yielding: until the traffic is past
                     past = self.interactive_at + INTERACTIVE_RECENT_S - time.monotonic()
@@ -80,6 +80,10 @@ class BackgroundLane:
         if not chunks:
             self.slots.release()
         return chunks
+
+    def may_go(self) -> bool:
+        """Rows wait, no interactive row does, and the lane is not yielding to interactive traffic."""
+        return bool(self.queue) and not self._interactive and not self.yields()
 
     def yields(self) -> bool:
         """While interactive requests come (one in the last INTERACTIVE_RECENT_S), background batches use at

@@ -177,9 +177,8 @@ class Batcher:
                 break
         chunks = self._take(self._queue, background=False)
         self._observer.queue_rows(self._queued_rows)
-        lane = self._background
-        if not self._queue and lane.queue and not lane.yields():
-            lane.wakeup.set()  # no interactive row waits and the lane has room: it may go
+        if self._background.may_go():  # woken only when it would not go back to sleep
+            self._background.wakeup.set()
         return chunks
 
     def _take(self, queue: deque[QueuedRequest], background: bool) -> Chunks:
