@@ -22,6 +22,7 @@ from torch import nn
 from tests.support import tiny_config
 from training.config import TrainConfig
 from training.distributed import Ranks, check_replicas
+from training.__main__ import exit_rank
 from training.loop import train
 
 STEPS = 20
@@ -76,3 +77,4 @@ def main(out: Path) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]))
+    exit_rank(0)  # as the CLI's ranks do: no finalization with DDP's gloo threads still running

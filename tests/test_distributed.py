@@ -215,3 +215,27 @@ def _rank(process: psutil.Process) -> str | None:
         return process.environ().get("RANK")
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
+
+
+def test_a_torchrun_rank_ends_without_the_interpreters_finalization(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under torchrun (WORLD_SIZE > 1) the CLI ends with os._exit and main's code, after flushing; one
+    process exits as usual. (DDP leaves its gloo threads running past destroy_process_group, and finalizing
+    beside them sometimes aborted a rank.)"""
+    import training.__main__ as cli
+
+    exits: list[int] = []
+
+    def fake_exit(code: int) -> None:
+        exits.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(cli, "main", lambda: 2)
+    monkeypatch.setattr(cli.os, "_exit", fake_exit)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit):
+        cli.run()
+    assert exits == [2]
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(SystemExit) as ended:
+        cli.run()
+    assert ended.value.code == 2 and exits == [2]

@@ -195,5 +195,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def exit_rank(code: int) -> None:
+    """End a torchrun rank without the interpreter's finalization. DistributedDataParallel's reducer keeps
+    its gloo process group alive past `destroy_process_group` (torch 2.13: its worker and tcp threads are still
+    running at exit, even after `del` and `gc.collect()`), and tearing those down during finalization now and
+    then aborts the rank ("terminate called without an active exception", SIGABRT: torchrun then fails the
+    whole job, CI saw it once in 60 runs). Every file is closed by now; only the streams need flushing."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def run() -> None:
+    code = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a torchrun rank
+        exit_rank(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
