@@ -2,8 +2,9 @@
 
 1. Raw ONNX Runtime on the job's model with the service's threads and runners, batches of GAN_MAX_BATCH_ROWS:
    at the bench's priority (nice 0), and on threads at the job's priority (GAN_DATASET_NICE).
-2. A job alone, per format: rows/s as the job measures it (rows / its active seconds) and from outside (202 to
-   done), each as a ratio to raw ONNX Runtime (after a first, unmeasured job has started the worker processes).
+2. A job alone, per format, `--job-repeats` times: rows/s as the job measures it (rows / its active seconds)
+   and from outside (202 to done), each as a ratio to the mean of raw ONNX Runtime measured right before and
+   right after it (after a first, unmeasured job has started the worker processes); the median per format.
 3. One client's closed loop of /generate (n=1, npy) with the service idle, then while a job runs, alternated
    `--repeats` times: p50 / p99, and the ratio of the p99s.
 
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         "--max-requests", type=int, default=20_000, help="requests of each latency loop, at most"
     )
     parser.add_argument("--repeats", type=int, default=2, help="idle / during-a-job latency pairs")
+    parser.add_argument("--job-repeats", type=int, default=2, help="throughput jobs of each format")
     parser.add_argument("--raw-seconds", type=float, default=3.0)
     parser.add_argument("--job-timeout", type=float, default=600.0)
     parser.add_argument("--json", type=Path)
@@ -131,24 +133,33 @@ def main(argv: list[str] | None = None) -> int:
             body = plan(args.model, args.rows, raw.manifest) | {"model": args.model, "seed": 1}
             # Not measured: the first job starts the service's worker processes (about a second).
             job(url, plan(args.model, 16, raw.manifest) | {"model": args.model, "seed": 0}, args.job_timeout)
-            jobs = []
-            for fmt in args.formats:
-                status = job(url, body | {"format": fmt, "shard_rows": args.shard_rows}, args.job_timeout)
-                rate, wall = status["rate_rows_per_s"], status["rows_total"] / status["wall_s"]
-                jobs.append({
-                    "format": fmt, "rows": status["rows_total"], "shards": status["shards_total"],
-                    "bytes": status["bytes"], "rows_per_s": round(rate, 1), "wall_rows_per_s": round(wall, 1),
-                    "ratio_to_raw": round(rate / raw_rate, 3), "wall_ratio_to_raw": round(wall / raw_rate, 3),
-                    "ratio_to_raw_at_job_nice": round(rate / raw_niced, 3),
-                })  # fmt: skip
-            # Raw ORT again: the machine may be shared, so the jobs are compared with the mean of both measurements.
-            raw.cache.clear()
-            raw_after = raw.images_per_s(batch)
-            for j in jobs:
-                j["ratio_to_raw_before_after"] = [
-                    round(j["rows_per_s"] / raw_rate, 3),
-                    round(j["rows_per_s"] / raw_after, 3),
-                ]
+            jobs, raws = [], [raw_rate]
+            for repeat in range(args.job_repeats):
+                for fmt in args.formats:
+                    # Raw ORT right before and after each job: this machine's speed drifts by 10 % and more
+                    # within a run (shared hosts), so each job is compared with the mean of its neighbours.
+                    before = raws[-1]
+                    status = job(url, body | {"format": fmt, "shard_rows": args.shard_rows}, args.job_timeout)
+                    raw.cache.clear()
+                    raws.append(raw.images_per_s(batch))
+                    around = (before + raws[-1]) / 2
+                    rate, wall = status["rate_rows_per_s"], status["rows_total"] / status["wall_s"]
+                    jobs.append({
+                        "format": fmt, "repeat": repeat, "rows": status["rows_total"],
+                        "shards": status["shards_total"], "bytes": status["bytes"], "rows_per_s": round(rate, 1),
+                        "wall_rows_per_s": round(wall, 1), "raw_around_rows_per_s": [round(before, 1), round(raws[-1], 1)],
+                        "ratio_to_raw": round(rate / around, 3), "wall_ratio_to_raw": round(wall / around, 3),
+                        "ratio_to_raw_at_job_nice": round(rate / raw_niced, 3),
+                    })  # fmt: skip
+            formats = {
+                fmt: {
+                    "ratio_to_raw_median": float(
+                        np.median([j["ratio_to_raw"] for j in jobs if j["format"] == fmt])
+                    ),
+                    "ratios_to_raw": [j["ratio_to_raw"] for j in jobs if j["format"] == fmt],
+                }
+                for fmt in args.formats
+            }
             # A latency job big enough to outlast the loop at the rate just measured (npz: the cheapest format).
             rate = max(j["rows_per_s"] for j in jobs)
             big = min(settings.max_dataset_rows, max(args.rows, int(rate * (args.duration + 5) * 2)))
@@ -168,9 +179,10 @@ def main(argv: list[str] | None = None) -> int:
         "batch_rows": batch,
         "dataset_nice": args.nice,
         "raw_ort_rows_per_s": round(raw_rate, 1),
-        "raw_ort_rows_per_s_after_the_jobs": round(raw_after, 1),
+        "raw_ort_rows_per_s_measurements": [round(r, 1) for r in raws],
         "raw_ort_rows_per_s_at_job_nice": round(raw_niced, 1),
         "jobs": jobs,
+        "formats": formats,
         "latency": {
             "idle": [{k: r[k] for k in ("ok", "errors", "p50_ms", "p99_ms")} for r in idle],
             "during_job": [
@@ -192,12 +204,14 @@ def main(argv: list[str] | None = None) -> int:
             "p99_ratio": round(during_p99 / idle_p99, 3),
         },
     }
-    print(f"{args.model}: raw ONNX Runtime {raw_rate:.0f} rows/s before the jobs, {raw_after:.0f} after ({threads} "
-          f"threads x {runners} runners, batch {batch}); at nice {args.nice}: {raw_niced:.0f} rows/s")  # fmt: skip
+    print(f"{args.model}: raw ONNX Runtime {min(raws):.0f}-{max(raws):.0f} rows/s over the run ({threads} threads x "
+          f"{runners} runners, batch {batch}); at nice {args.nice}: {raw_niced:.0f} rows/s")  # fmt: skip
     for j in jobs:
-        print(f"  job {j['format']:<10} {j['rows_per_s']:>8.1f} rows/s  = {j['ratio_to_raw']:.2f} x raw "
+        print(f"  job {j['format']:<10} {j['rows_per_s']:>8.1f} rows/s  = {j['ratio_to_raw']:.2f} x raw around it "
               f"({j['ratio_to_raw_at_job_nice']:.2f} x raw at nice {args.nice}); from outside "
               f"{j['wall_rows_per_s']:.1f} rows/s = {j['wall_ratio_to_raw']:.2f} x raw")  # fmt: skip
+    for fmt, f in formats.items():
+        print(f"  {fmt:<10} median {f['ratio_to_raw_median']:.2f} x raw over {len(f['ratios_to_raw'])} jobs")
     latency = report["latency"]
     print(f"  1-client /generate p99: idle {idle_p99:.2f} ms, during a job {during_p99:.2f} ms "
           f"= {latency['p99_ratio']:.2f} x idle")  # fmt: skip

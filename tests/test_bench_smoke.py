@@ -200,12 +200,21 @@ def test_datasets_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[
 
     out = tmp_path / "datasets.json"
     args = ["--model", "mnist-gan", "--rows", "64", "--shard-rows", "32", "--formats", "npz", "webdataset",
-            "--duration", "0.3", "--repeats", "1", "--raw-seconds", "0.05", "--max-requests", "20", "--json", str(out)]  # fmt: skip
+            "--duration", "0.3", "--repeats", "1", "--job-repeats", "2", "--raw-seconds", "0.05", "--max-requests", "20",
+            "--json", str(out)]  # fmt: skip
     assert datasets(args) == 0
     report = json.loads(out.read_text())
     assert report["raw_ort_rows_per_s"] > 0 and report["raw_ort_rows_per_s_at_job_nice"] > 0
-    assert [j["format"] for j in report["jobs"]] == ["npz", "webdataset"]
+    assert [(j["format"], j["repeat"]) for j in report["jobs"]] == [
+        ("npz", 0), ("webdataset", 0), ("npz", 1), ("webdataset", 1)
+    ]  # fmt: skip
     assert all(j["rows"] == 64 and j["shards"] == 2 and j["ratio_to_raw"] > 0 for j in report["jobs"])
+    assert len(report["raw_ort_rows_per_s_measurements"]) == 5  # one before the first job, one after each
+    for fmt, summary in report["formats"].items():
+        ratios = [j["ratio_to_raw"] for j in report["jobs"] if j["format"] == fmt]
+        assert summary["ratios_to_raw"] == ratios and min(ratios) <= summary["ratio_to_raw_median"] <= max(
+            ratios
+        )
     latency = report["latency"]
     assert latency["idle"][0]["ok"] > 0 and latency["during_job"][0]["ok"] > 0 and latency["p99_ratio"] > 0
     assert "x raw" in capsys.readouterr().out

@@ -1,6 +1,7 @@
 """The shard writers' hand-made bytes are the libraries' bytes: tar members as `tarfile` writes them, sample
 records as `json.dumps` writes them (service/datasets/shards.py writes both itself, for speed), parquet
-columns built from buffers as pyarrow builds them from Python objects (which would import pandas)."""
+columns built from buffers as pyarrow builds them from Python objects (which would import pandas), and a
+shard's PNG (its provenance chunks encoded once a job) as `encoding.png_bytes` writes any PNG."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from service.datasets.shards import Identity, parquet_shard, sample_json, tar_bytes, tar_header
+from service import encoding
+from service.datasets.shards import Identity, parquet_shard, png, sample_json, tar_bytes, tar_header
 
 
 def tarfile_bytes(members: list[tuple[str, bytes]]) -> bytes:
@@ -69,6 +71,21 @@ def test_sample_json_is_json_dumps(label: int | None, truncation: float | None) 
             record |= {"label": label, "class_name": names[label]}
         expected = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
         assert sample_json(identity, index, label) == expected
+
+
+@pytest.mark.parametrize("label", [None, 0, 2])
+@pytest.mark.parametrize("provenance", [True, False])
+def test_a_shards_png_is_png_bytes_with_the_samples_provenance(label: int | None, provenance: bool) -> None:
+    names = ("T-shirt", "Trouser", "猫")  # not Latin-1: an iTXt chunk
+    identity = Identity("m", 2, "ab" * 32, 2**40, None, "image", names, provenance)
+    rng = np.random.default_rng(label)
+    image = rng.integers(0, 256, (28, 28, 1), dtype=np.uint8)
+    for index in (0, 7, 10**12):
+        text = encoding.sample_provenance(
+            "m", 2, "ab" * 32, index, 2**40, label, None if label is None else names[label]
+        )
+        expected = encoding.png_bytes(image, text if provenance else None)
+        assert png(identity, image, index, label) == expected
 
 
 def pyarrow_parquet(identity: Identity, indices: list[int], labels: list[int | None], items: list[bytes],

@@ -93,14 +93,25 @@ def encode_and_hash(fmt: Format, identity: Identity, plan: Plan, values: np.ndar
 
 
 def png(identity: Identity, image: np.ndarray, index: int, label: int | None) -> bytes:
-    """One sample's PNG, with its provenance in text chunks when the job asks for it (service.encoding)."""
+    """One sample's PNG, with its provenance in text chunks when the job asks for it (service.encoding):
+    `encoding.png_bytes(image, sample_provenance(...))`, byte for byte (a test compares the two)."""
     if not identity.png_provenance:
         return encoding.png_bytes(image)
+    before, after = _chunks_around_index(identity, label)
+    return encoding.png_with_chunks(image, before + encoding.text_chunk("gan:index", str(index)) + after)
+
+
+@functools.lru_cache(maxsize=1024)
+def _chunks_around_index(identity: Identity, label: int | None) -> tuple[bytes, bytes]:
+    """The provenance chunks before and after `gan:index`, the only one that changes from row to row."""
     name = identity.class_names[label] if label is not None else None
     text = encoding.sample_provenance(
-        identity.model, identity.version, identity.onnx_sha256, index, identity.seed, label, name
+        identity.model, identity.version, identity.onnx_sha256, -1, identity.seed, label, name
     )
-    return encoding.png_bytes(image, text)
+    keys = list(text)
+    at = keys.index("gan:index")
+    before = encoding.provenance_chunks({k: text[k] for k in keys[:at]})
+    return before, encoding.text_chunks({k: text[k] for k in keys[at + 1 :]})
 
 
 def sample_json(identity: Identity, index: int, label: int | None) -> bytes:
