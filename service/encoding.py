@@ -74,7 +74,7 @@ def sample_provenance(
     return text | {f"gan:{key}": value for key, value in more.items()}
 
 
-def _chunk(kind: bytes, data: bytes) -> bytes:
+def _chunk(kind: bytes, data: bytes | bytearray) -> bytes:  # libdeflate answers a bytearray
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
 
 

@@ -20,9 +20,9 @@ import torch.distributed as dist
 from torch import nn
 
 from tests.support import tiny_config
+from training.__main__ import exit_rank
 from training.config import TrainConfig
 from training.distributed import Ranks, check_replicas
-from training.__main__ import exit_rank
 from training.loop import train
 
 STEPS = 20
