@@ -6,7 +6,7 @@ same for a whole POST /generate (format png) answered in-process.
 
 Encoding: per image, "with" is what the service does for a PNG under GAN_PNG_PROVENANCE=true: build the
 sample's `gan:*` text (encoding.sample_provenance) and encode it with the XMP packet (encoding.png_bytes);
-"without" is the bare PNG; 28x28 grey and RGB, random pixels (zlib works as hard as on generated samples).
+"without" is the bare PNG; 28x28 grey and RGB, random pixels (the deflate works as hard as on generated samples).
 Against PIL: the same bare PNG through PIL's encoder (compress_level 1, its adaptive row filters), as
 encoding.png_bytes did before it wrote the chunks itself ("without" = PIL, "with" = ours; same pixels).
 End to end: two apps on the bundled models, GAN_PNG_PROVENANCE true and false, each asked for the same `--n`
