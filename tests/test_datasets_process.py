@@ -12,8 +12,15 @@ import httpx
 
 from tests.support import running_service, wait_until
 
-# 15,000 rows of the 8x8 digits in 30 shards: seconds of work, so the kill lands mid-job.
-BODY = {"model": "digits", "per_class": {str(c): 1500 for c in range(10)}, "seed": 5, "shard_rows": 500}
+# 15,000 rows of the 8x8 digits in 150 shards: seconds of work, and small shards, so the kill lands mid-job
+# (in 30 shards of 500 rows, a loaded CI machine once saw the whole job done before the kill).
+ROWS, SHARDS = 15_000, 150
+BODY = {
+    "model": "digits",
+    "per_class": {str(c): ROWS // 10 for c in range(10)},
+    "seed": 5,
+    "shard_rows": ROWS // SHARDS,
+}
 
 
 def status(url: str, job: str) -> dict[str, Any]:
@@ -57,7 +64,7 @@ def test_a_job_killed_mid_way_resumes_to_the_bytes_of_an_uninterrupted_one(
         process.wait(30)
 
     before = listed(data_dir, job)
-    assert 1 <= len(before) < 30, f"the kill landed after {len(before)} of 30 shards"
+    assert 1 <= len(before) < SHARDS, f"the kill landed after {len(before)} of {SHARDS} shards"
     folder = data_dir / "datasets" / job
     for k, (size, sha, _) in before.items():  # every listed shard is whole on disk
         data = (folder / f"shard-{k:05d}.tar").read_bytes()
@@ -65,7 +72,7 @@ def test_a_job_killed_mid_way_resumes_to_the_bytes_of_an_uninterrupted_one(
 
     with running_service(env) as (url, _):
         resumed = done(url, job)
-        assert [s["k"] for s in resumed["shards"]] == list(range(30)) and resumed["rows_done"] == 15_000
+        assert [s["k"] for s in resumed["shards"]] == list(range(SHARDS)) and resumed["rows_done"] == ROWS
         after = {s["k"]: s for s in resumed["shards"]}
         for k, (_, sha, at) in before.items():  # listed shards were kept, not recomputed
             assert after[k]["sha256"] == sha and listed_time(data_dir, job, k) == at
