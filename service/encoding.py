@@ -92,7 +92,8 @@ def _text_chunk(key: str, value: str) -> bytes:
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # libdeflate (the `deflate` package), level 1: a 28 x 28 image in about half zlib's time (zlib's cost for so
 # small an input is mostly building its Huffman trees), 2 % larger; its output depends only on its version,
-# which the wheel pins, never on the CPU (no SIMD in its match finder), so every machine writes the same bytes.
+# which the wheel pins (ebiggers/libdeflate#400; its compressor's per-CPU code only fills tables and computes
+# checksums, with the same results), so every machine writes the same bytes.
 PNG_COMPRESS_LEVEL = 1
 _IEND = _chunk(b"IEND", b"")
 _XMP_CHUNK = _chunk(b"iTXt", _XMP_ITXT)

@@ -200,7 +200,7 @@ def exit_rank(code: int) -> None:
     its gloo process group alive past `destroy_process_group` (torch 2.13: its worker and tcp threads are still
     running at exit, even after `del` and `gc.collect()`), and tearing those down during finalization now and
     then aborts the rank ("terminate called without an active exception", SIGABRT: torchrun then fails the
-    whole job, CI saw it once in 60 runs). Every file is closed by now; only the streams need flushing."""
+    whole job: CI saw it once, and it came once in about 60 runs here). Every file is closed by now; only the streams need flushing."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
