@@ -151,14 +151,10 @@ def main(argv: list[str] | None = None) -> int:
                         "ratio_to_raw": round(rate / around, 3), "wall_ratio_to_raw": round(wall / around, 3),
                         "ratio_to_raw_at_job_nice": round(rate / raw_niced, 3),
                     })  # fmt: skip
+            ratios = {fmt: [j["ratio_to_raw"] for j in jobs if j["format"] == fmt] for fmt in args.formats}
             formats = {
-                fmt: {
-                    "ratio_to_raw_median": float(
-                        np.median([j["ratio_to_raw"] for j in jobs if j["format"] == fmt])
-                    ),
-                    "ratios_to_raw": [j["ratio_to_raw"] for j in jobs if j["format"] == fmt],
-                }
-                for fmt in args.formats
+                fmt: {"ratio_to_raw_median": float(np.median(r)), "ratios_to_raw": r}
+                for fmt, r in ratios.items()
             }
             # A latency job big enough to outlast the loop at the rate just measured (npz: the cheapest format).
             rate = max(j["rows_per_s"] for j in jobs)

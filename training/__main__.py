@@ -15,6 +15,7 @@ from training import edit_cli
 from training.checkpoint import CHECKPOINT, ResumeError
 from training.config import PRESETS, TrainConfig, parse_overrides, preset_config
 from training.data import SOURCES
+from training.distributed import launched_world_size
 from training.export import ExportError, export
 from training.loop import train
 from training.readers import DataError
@@ -208,7 +209,7 @@ def exit_rank(code: int) -> None:
 
 def run() -> None:
     code = main()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a torchrun rank
+    if launched_world_size() > 1:  # a torchrun rank
         exit_rank(code)
     sys.exit(code)
 

@@ -69,12 +69,17 @@ def backend_for(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
+def launched_world_size() -> int:
+    """The ranks torchrun started (its WORLD_SIZE); 1 for a plain process."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 @contextmanager
 def process_group(device: torch.device, timeout_s: float) -> Iterator[tuple[Ranks, torch.device]]:
     """The ranks torchrun started (its RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE), their process group
     and this rank's device. A collective that waits longer than `timeout_s` (a rank that hangs) fails; one
     whose peer died fails at once (gloo: the socket closes; torchrun then stops the other ranks)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = launched_world_size()
     if world_size == 1:
         yield Ranks(), device
         return
