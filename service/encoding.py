@@ -130,15 +130,26 @@ def png_bytes(image: np.ndarray, provenance: Mapping[str, str] | None = None) ->
 
 
 def png_with_chunks(image: np.ndarray, chunks: bytes | None) -> bytes:
-    """`png_bytes` with its text chunks already encoded (`provenance_chunks`): a data set's rows share all
-    of them but one, so shards encode the rest once (service.datasets.shards)."""
-    height, width, channels = image.shape
-    if channels not in (1, 3) or image.dtype != np.uint8:
-        raise ValueError(f"png_bytes takes (H, W, 1 or 3) uint8, got {image.shape} {image.dtype}")
-    rows = np.zeros((height, width * channels + 1), dtype=np.uint8)  # a leading 0 per row: filter "none"
-    rows[:, 1:] = image.reshape(height, width * channels)
-    idat = _chunk(b"IDAT", deflate.zlib_compress(rows.tobytes(), PNG_COMPRESS_LEVEL))
-    return b"".join((PNG_SIGNATURE, _ihdr(width, height, channels), chunks or b"", idat, _IEND))
+    """`png_bytes` with its text chunks already encoded (`provenance_chunks`)."""
+    return pngs_with_chunks(image[None], [chunks])[0]
+
+
+def pngs_with_chunks(images: np.ndarray, chunks: Sequence[bytes | None]) -> list[bytes]:
+    """`png_with_chunks` of each (H, W, C) image of `images` with its chunks: a data set's shard encodes its
+    rows at once (their scanlines in one array), and shares all its text chunks but one (service.datasets)."""
+    count, height, width, channels = images.shape
+    if channels not in (1, 3) or images.dtype != np.uint8:
+        raise ValueError(f"png_bytes takes (H, W, 1 or 3) uint8, got {images.shape[1:]} {images.dtype}")
+    rows = np.zeros((count, height, width * channels + 1), dtype=np.uint8)  # a leading 0 a row: filter "none"
+    rows[:, :, 1:] = images.reshape(count, height, width * channels)
+    head, idat_crc = PNG_SIGNATURE + _ihdr(width, height, channels), zlib.crc32(b"IDAT")
+    pack = struct.Struct(">I").pack
+    out = []
+    for row, extra in zip(rows, chunks, strict=True):
+        data = deflate.zlib_compress(row, PNG_COMPRESS_LEVEL)
+        idat = b"".join((pack(len(data)), b"IDAT", data, pack(zlib.crc32(data, idat_crc))))
+        out.append(b"".join((head, extra or b"", idat, _IEND)))
+    return out
 
 
 @functools.lru_cache(maxsize=64)

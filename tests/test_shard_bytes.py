@@ -19,7 +19,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from service import encoding
-from service.datasets.shards import Identity, parquet_shard, png, sample_json, tar_bytes, tar_header
+from service.datasets.shards import Identity, parquet_shard, png, sample_json
+from service.datasets.tar import header as tar_header
+from service.datasets.tar import tar_bytes
 
 
 def tarfile_bytes(members: list[tuple[str, bytes]]) -> bytes:

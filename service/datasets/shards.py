@@ -1,9 +1,9 @@
 """Shard bytes and how they reach the disk: deterministic encoders, and atomic writes.
 
 A shard's bytes are a pure function of its rows: no timestamps, owners or library defaults that vary between
-runs. webdataset: a POSIX tar written by `tarfile` with mtime 0, uid/gid 0, no user names, mode 0644 (webdataset's
-TarWriter stamps the current time); parquet: pyarrow with its settings fixed here; npz: a stored zip with a fixed
-1980-01-01 date on every member (numpy's savez stamps the current time).
+runs. webdataset: a POSIX tar as `tarfile` writes it with mtime 0, uid/gid 0, no user names, mode 0644
+(service.datasets.tar; webdataset's TarWriter stamps the current time); parquet: pyarrow with its settings fixed
+here; npz: a stored zip with a fixed 1980-01-01 date on every member (numpy's savez stamps the current time).
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ import hashlib
 import io
 import json
 import os
-import tarfile
 import zipfile
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ import numpy as np
 
 from service import encoding
 from service.datasets.spec import Format, JobSpec
+from service.datasets.tar import tar_bytes
 from service.files import atomic_write_bytes
 from service.manifest import Manifest
 from service.plans import Plan
@@ -78,7 +77,7 @@ def encode_shard(fmt: Format, identity: Identity, plan: Plan, values: np.ndarray
     if fmt == "npz":
         return npz_shard(identity, plan, values)
     if identity.kind == "image":
-        items = [png(identity, image, i, y) for image, i, y in zip(values, plan.indices, labels, strict=True)]
+        items = pngs(identity, values, plan.indices, labels)
     else:
         items = [encoding.npy_bytes(row) for row in values]
     if fmt == "webdataset":
@@ -95,10 +94,20 @@ def encode_and_hash(fmt: Format, identity: Identity, plan: Plan, values: np.ndar
 def png(identity: Identity, image: np.ndarray, index: int, label: int | None) -> bytes:
     """One sample's PNG, with its provenance in text chunks when the job asks for it (service.encoding):
     `encoding.png_bytes(image, sample_provenance(...))`, byte for byte (a test compares the two)."""
+    return pngs(identity, image[None], [index], [label])[0]
+
+
+def pngs(identity: Identity, images: np.ndarray, indices: list[int], labels: list[int | None]) -> list[bytes]:
+    """`png` of each row: the provenance chunks around `gan:index` looked up once a class, the PNGs at once."""
     if not identity.png_provenance:
-        return encoding.png_bytes(image)
-    before, after = _chunks_around_index(identity, label)
-    return encoding.png_with_chunks(image, before + encoding.text_chunk("gan:index", str(index)) + after)
+        return encoding.pngs_with_chunks(images, [None] * len(indices))
+    around = {label: _chunks_around_index(identity, label) for label in set(labels)}
+    index_chunk = encoding.text_chunk
+    chunks = [
+        b"".join((around[label][0], index_chunk("gan:index", str(index)), around[label][1]))
+        for index, label in zip(indices, labels, strict=True)
+    ]
+    return encoding.pngs_with_chunks(images, chunks)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -148,51 +157,6 @@ def webdataset_shard(
             members.append((f"{key}.cls", str(label).encode()))
         members.append((f"{key}.json", sample_json(identity, index, label)))
     return tar_bytes(members)
-
-
-TAR_BLOCK, TAR_RECORD = 512, 10240  # tarfile's BLOCKSIZE and RECORDSIZE
-
-
-@functools.cache
-def _tar_template() -> tuple[bytes, bytes, bytes, int]:
-    """tarfile's own USTAR header for a member named "" of size 0, mtime 0, mode 0644, owner 0/0, no names, cut
-    around the fields a member changes (name, size, checksum), and the checksum of the rest (those three fields
-    counted as zeros, its own field as spaces)."""
-    info = tarfile.TarInfo("")
-    info.size, info.mtime, info.mode = 0, 0, 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    header = info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
-    between, after = header[100:124], header[156:]
-    return between, header[136:148], after, sum(between) + sum(header[136:148]) + 8 * ord(" ") + sum(after)
-
-
-def tar_header(name: str, size: int) -> bytes:
-    """The header tarfile writes for this member (see `_tar_template`), with its name, size and checksum."""
-    encoded = name.encode("utf-8")
-    if len(encoded) > 100 or size >= 8**11:  # tarfile would split the name into a prefix: not needed here
-        raise ValueError(f"tar member {name!r} ({size} bytes) needs more than a plain USTAR header")
-    between, before_checksum, after, fixed = _tar_template()
-    size_field = b"%011o\0" % size
-    checksum = fixed + sum(encoded) + sum(size_field)
-    return b"".join((
-        encoded.ljust(100, b"\0"), between, size_field, before_checksum, b"%06o\0 " % checksum, after,
-    ))  # fmt: skip
-
-
-def tar_bytes(members: Iterable[tuple[str, bytes]]) -> bytes:
-    """A POSIX tar of these members, byte for byte what `tarfile` writes with the fixed owner, mode and mtime
-    above (tests compare the two). Written here because tarfile's per-member Python cost was most of a
-    webdataset shard's CPU (about 3x the PNG it holds)."""
-    parts: list[bytes] = []
-    offset = 0
-    for name, data in members:
-        padding = -len(data) % TAR_BLOCK
-        parts += [tar_header(name, len(data)), data, b"\0" * padding]
-        offset += TAR_BLOCK + len(data) + padding
-    offset += 2 * TAR_BLOCK  # the end-of-archive marker, then zeros up to a whole record
-    parts.append(b"\0" * (2 * TAR_BLOCK + (-offset % TAR_RECORD)))
-    return b"".join(parts)
 
 
 def parquet_shard(
