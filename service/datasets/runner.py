@@ -267,7 +267,9 @@ class DatasetJobs:
         # uint8 images are a quarter of the float32 output to send; numpy converts without holding the GIL
         values = await asyncio.to_thread(served, x, identity.kind)
         # the encoding needs the rows' indices and classes, not their latents: a third less to send
-        return await workers.call(encode_and_hash, plan.spec.format, identity, replace(rows, feeds={}), values)
+        return await workers.call(
+            encode_and_hash, plan.spec.format, identity, replace(rows, feeds={}), values
+        )
 
     async def commit_shard(
         self, job: Job, plan: RowPlan, k: int, data: bytes, digest: str, mark: float, model: ReadyModel
