@@ -134,8 +134,15 @@ def main(argv: list[str] | None = None) -> int:
             raw_rate = raw.images_per_s(batch)
             raw_niced = niced_rate(raw, batch, args.nice, args.raw_seconds)
             body = plan(args.model, args.rows, raw.manifest) | {"model": args.model, "seed": 1}
-            # Not measured: the first job starts the service's worker processes (about a second).
-            job(url, plan(args.model, 16, raw.manifest) | {"model": args.model, "seed": 0}, args.job_timeout)
+            # Not measured: the first job starts the service's worker processes (about a second), and a worker's
+            # first parquet shard imports pyarrow (about a second of CPU in each): a small job of each format.
+            for fmt in args.formats:
+                warm = plan(args.model, 64 * len(args.formats), raw.manifest)
+                job(
+                    url,
+                    warm | {"model": args.model, "seed": 0, "format": fmt, "shard_rows": 16},
+                    args.job_timeout,
+                )
             jobs, raws = [], [raw_rate]
             for repeat in range(args.job_repeats):
                 for fmt in args.formats:
