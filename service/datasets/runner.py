@@ -266,10 +266,8 @@ class DatasetJobs:
             future.cancel()  # a no-op once computed; drops the rows of a cancelled job
         # uint8 images are a quarter of the float32 output to send; numpy converts without holding the GIL
         values = await asyncio.to_thread(served, x, identity.kind)
-        # the encoding needs the rows' indices and classes, not their latents: a third less to send
-        return await workers.call(
-            encode_and_hash, plan.spec.format, identity, replace(rows, feeds={}), values
-        )
+        indexed = replace(rows, feeds={})  # the encoding needs indices and classes, not latents
+        return await workers.call(encode_and_hash, plan.spec.format, identity, indexed, values)
 
     async def commit_shard(
         self, job: Job, plan: RowPlan, k: int, data: bytes, digest: str, mark: float, model: ReadyModel

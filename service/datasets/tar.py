@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 BLOCK, RECORD = 512, 10240  # tarfile's BLOCKSIZE and RECORDSIZE
-NAME, SIZE, CHECKSUM = slice(0, 100), slice(124, 136), slice(148, 156)  # the USTAR fields a member changes
+NAME, CHECKSUM = slice(0, 100), slice(148, 156)  # USTAR fields a member changes (and its size, 124:136)
 _PADDING = [bytes(n) for n in range(BLOCK)]
 
 
