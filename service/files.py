@@ -11,6 +11,17 @@ from pathlib import Path
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename: never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_beside(path, payload)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def temporary_beside(path: Path, payload: bytes) -> str:
+    """`payload` in a new temporary file in `path`'s folder (`.NAME.*.tmp`, mode 0644), fsynced: renaming it to
+    `path` is the atomic write's last step. Returns its path; on any error there is none."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -20,10 +31,10 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return tmp
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

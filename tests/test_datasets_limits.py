@@ -4,6 +4,7 @@ killed halfway); and the errors of plans, models, unknown jobs and shards."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import shutil
@@ -14,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from service.datasets.runner import DatasetJobs
 from service.datasets.store import Store
 from tests.support import Hold, eventually
 from tests.test_datasets import PLAN, create, finished, scenario
@@ -109,8 +111,15 @@ def test_a_full_disk_fails_the_job_with_its_reason_and_no_partial_shard(
     tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """ENOSPC while shard 1 is written (as a full disk reports it at fsync): the job fails saying so, shard 0
-    stays listed and downloadable, shard 1 is neither listed nor left on disk."""
+    stays listed and downloadable, shard 1 is neither listed nor left on disk (nor is any shard after it, made
+    meanwhile). The job's worker calls run in this process here, where the failing fsync is."""
     real_fsync = os.fsync
+
+    class InProcess:
+        async def call(self, function: Any, *args: Any) -> Any:
+            return await asyncio.to_thread(function, *args)
+
+    monkeypatch.setattr(DatasetJobs, "workers", lambda self: InProcess())
 
     def fsync(fd: int) -> None:
         if ".shard-00001" in os.readlink(f"/proc/self/fd/{fd}"):

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from service.datasets.croissant import describe
-from service.datasets.runner import software
 from service.datasets.shards import Identity, encode_shard, remove_partial, served, shard_name, write_shard
 from service.datasets.spec import JobSpec, RowPlan
 from service.datasets.store import Job, Shard
+from service.encoding import SOFTWARE
 from service.manifest import ONNX_FILE, Manifest
 from service.model_folders import VersionDir, version_path
 from service.runtime import SessionInfo, intra_op_threads, open_session
@@ -114,7 +114,7 @@ def metadata(args: argparse.Namespace) -> int:
     )  # fmt: skip
     base = args.base_url.rstrip("/") if args.base_url else ""
     body = describe(
-        job, shards, base or ".", software(), lambda k: f"{base}/{shard_name(k, spec.format)}".lstrip("/")
+        job, shards, base or ".", SOFTWARE, lambda k: f"{base}/{shard_name(k, spec.format)}".lstrip("/")
     )
     (args.out / "croissant.json").write_text(json.dumps(body, indent=1))
     print(f"{args.out / 'croissant.json'}: {plan.shards} shards, {plan.total_rows} rows")

@@ -1,15 +1,19 @@
 """The limits a dataset job is held to when it is created, each refused with the field and the setting named:
 rows per job (GAN_MAX_DATASET_ROWS), rows per shard (one shard is one download: GAN_MAX_RESPONSE_BYTES), jobs
 running at once (GAN_MAX_DATASET_JOBS, 429), disk (GAN_DATASET_DISK_BYTES and the free space, 507) and one process
-(GAN_WORKERS, 409). The disk budget is checked again before every shard is written (`shard_over_budget`), and a
-shard whose write fails on a full disk fails its job saying so (`write_failed`)."""
+(GAN_WORKERS, 409). The disk budget is checked again before every shard is listed (`shard_over_budget`: the
+shard over it, a temporary file until then, is removed), and a shard whose write fails on a full disk fails its job
+saying so (`write_failed`, `to_the_end`)."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import math
 import shutil
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import TypeVar
 
 from service.datasets.shards import estimated_row_bytes
 from service.datasets.spec import RowPlan
@@ -17,6 +21,8 @@ from service.datasets.store import Store
 from service.errors import ApiError
 from service.plans import PlanError
 from service.settings import Settings
+
+T = TypeVar("T")
 
 
 def check_size(plan: RowPlan, field: str, settings: Settings) -> int:
@@ -101,3 +107,20 @@ def write_failed(k: int, error: OSError) -> str:
     """Why writing shard k failed; a full disk (or quota) says so."""
     full = error.errno in (errno.ENOSPC, errno.EDQUOT)
     return f"{'disk full: ' if full else ''}writing shard {k} failed: {error}"
+
+
+class JobFailed(Exception):
+    """The job cannot go on: the message is the reason it shows."""
+
+
+async def to_the_end(k: int, operation: Awaitable[T]) -> T:
+    """A file operation of shard k (its write, its rename) awaited to its end even if the job is cancelled
+    meanwhile: the job's files may be removed only after it. An OSError fails the job, saying so."""
+    task = asyncio.ensure_future(operation)
+    try:
+        return await asyncio.shield(task)
+    except OSError as error:
+        raise JobFailed(write_failed(k, error)) from None
+    except asyncio.CancelledError:
+        await asyncio.gather(task, return_exceptions=True)
+        raise

@@ -14,10 +14,11 @@ from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
 from service.datasets.croissant import CONFORMS_TO, describe
-from service.datasets.runner import DatasetJobs, software
+from service.datasets.runner import DatasetJobs
 from service.datasets.shards import MEDIA_TYPES, shard_name
 from service.datasets.spec import DatasetRequest
 from service.datasets.store import Job
+from service.encoding import SOFTWARE
 from service.errors import ApiError, problem_response
 from service.routes import error_responses, model_label
 from service.schemas import ErrorResponse
@@ -203,7 +204,7 @@ async def get_metadata(id: JobId, request: Request, jobs: JobsDep) -> Response:
     if job.state != "done":
         raise ApiError(409, f"job {id} is {job.state}: its metadata describes the finished set", "id")
     url = f"{str(request.base_url).rstrip('/')}/datasets/{id}"
-    body = describe(job, jobs.shards(id), url, software())
+    body = describe(job, jobs.shards(id), url, SOFTWARE)
     return JSONResponse(body, media_type=f'application/ld+json; profile="{CONFORMS_TO}"')
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from service import encoding
 from service.datasets.spec import Format, JobSpec
 from service.datasets.tar import tar_bytes
-from service.files import atomic_write_bytes
+from service.files import temporary_beside
 from service.manifest import Manifest
 from service.plans import Plan
 
@@ -85,10 +85,14 @@ def encode_shard(fmt: Format, identity: Identity, plan: Plan, values: np.ndarray
     return parquet_shard(identity, plan.indices, labels, items, values)
 
 
-def encode_and_hash(fmt: Format, identity: Identity, plan: Plan, values: np.ndarray) -> tuple[bytes, str]:
-    """The shard's bytes and their sha256 (what a job's worker process returns)."""
+def encode_to_temporary(
+    fmt: Format, identity: Identity, plan: Plan, values: np.ndarray, path: Path
+) -> tuple[str, int, str]:
+    """What a job's worker process does with a shard: encode it, and write it beside `path` as a temporary file
+    (fsynced, never listed); returns (that file, its bytes, their sha256). The job renames it to `path` once the
+    disk budget allows (`publish`): a shard's bytes never cross the pipe to the service."""
     data = encode_shard(fmt, identity, plan, values)
-    return data, hashlib.sha256(data).hexdigest()
+    return temporary_beside(path, data), len(data), hashlib.sha256(data).hexdigest()
 
 
 def png(identity: Identity, image: np.ndarray, index: int, label: int | None) -> bytes:
@@ -245,7 +249,12 @@ def estimated_row_bytes(manifest: Manifest, fmt: str, png_provenance: bool) -> i
 
 def write_shard(path: Path, data: bytes) -> None:
     """Temporary file in the same folder, fsync, rename, fsync the folder: the shard is whole or absent."""
-    atomic_write_bytes(path, data)
+    publish(temporary_beside(path, data), path)
+
+
+def publish(temporary: str, path: Path) -> None:
+    """The last steps of `write_shard`: rename the (fsynced) temporary file to `path`, fsync the folder."""
+    os.replace(temporary, path)
     folder = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(folder)
