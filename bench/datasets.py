@@ -108,12 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shard-rows", type=int, default=500)
     parser.add_argument("--formats", nargs="+", default=["npz", "webdataset", "parquet"])
     parser.add_argument("--nice", type=int, default=Settings.model_fields["dataset_nice"].default)
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds of each latency loop")
+    parser.add_argument("--duration", type=float, default=6.0, help="seconds of each latency loop")
     parser.add_argument(
         "--max-requests", type=int, default=20_000, help="requests of each latency loop, at most"
     )
-    parser.add_argument("--repeats", type=int, default=2, help="idle / during-a-job latency pairs")
-    parser.add_argument("--job-repeats", type=int, default=2, help="throughput jobs of each format")
+    parser.add_argument("--repeats", type=int, default=3, help="idle / during-a-job latency pairs")
+    parser.add_argument(
+        "--job-repeats", type=int, default=5,
+        help="throughput jobs of each format (the host's speed drifts by 10 %% and more: the median of 5 is steadier)",
+    )  # fmt: skip
     parser.add_argument("--raw-seconds", type=float, default=3.0)
     parser.add_argument("--job-timeout", type=float, default=600.0)
     parser.add_argument("--json", type=Path)
