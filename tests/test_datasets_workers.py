@@ -4,6 +4,7 @@ errors come back as themselves, a dead worker is replaced, a cancelled call leav
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 
@@ -44,6 +45,9 @@ def test_workers_are_light_and_low_priority_and_errors_come_back() -> None:
             assert nice == max(19, os.getpriority(os.PRIO_PROCESS, 0))
             with pytest.raises(ZeroDivisionError):
                 await workers.call(divmod, 1, 0)
+            with pytest.raises(OSError) as failed:  # a shard's failed write: the job names the errno (ENOSPC)
+                await workers.call(os.fsync, 987_654)  # no such file descriptor
+            assert failed.value.errno == errno.EBADF
             pids = set(await asyncio.gather(*(workers.call(pid) for _ in range(6))))
             assert len(pids) <= 2 and len(workers.started) == 2
         finally:
