@@ -112,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-requests", type=int, default=20_000, help="requests of each latency loop, at most"
     )
-    parser.add_argument("--repeats", type=int, default=3, help="idle / during-a-job latency pairs")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="idle / during-a-job latency pairs (the median p99 of each)"
+    )
     parser.add_argument(
         "--job-repeats", type=int, default=5,
         help="throughput jobs of each format (the host's speed drifts by 10 %% and more: the median of 5 is steadier)",
