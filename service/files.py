@@ -37,6 +37,15 @@ def temporary_beside(path: Path, payload: bytes) -> str:
     return tmp
 
 
+def fsync_folder(folder: Path) -> None:
+    """Make a rename or a new file in `folder` durable (POSIX: the folder's own fsync)."""
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

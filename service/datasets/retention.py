@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shutil
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from service.datasets.store import Store
+from service.files import fsync_folder
 
 log = logging.getLogger("service.datasets")
 MARK = ".deleting"
@@ -31,11 +31,7 @@ def _mark(path: Path) -> None:
     """The mark, made durable (with the folder's fsync) before anything is removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch()
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_folder(path.parent)
 
 
 async def remove(store: Store, datasets: Path, job_id: str) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 from service import encoding
 from service.datasets.spec import Format, JobSpec
 from service.datasets.tar import tar_bytes
-from service.files import temporary_beside
+from service.files import atomic_write_bytes, fsync_folder, temporary_beside
 from service.manifest import Manifest
 from service.plans import Plan
 
@@ -249,17 +249,15 @@ def estimated_row_bytes(manifest: Manifest, fmt: str, png_provenance: bool) -> i
 
 def write_shard(path: Path, data: bytes) -> None:
     """Temporary file in the same folder, fsync, rename, fsync the folder: the shard is whole or absent."""
-    publish(temporary_beside(path, data), path)
+    atomic_write_bytes(path, data)
+    fsync_folder(path.parent)
 
 
 def publish(temporary: str, path: Path) -> None:
-    """The last steps of `write_shard`: rename the (fsynced) temporary file to `path`, fsync the folder."""
+    """The last steps of `write_shard` for a temporary file already written and fsynced (`temporary_beside`):
+    rename it to `path`, fsync the folder."""
     os.replace(temporary, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    fsync_folder(path.parent)
 
 
 def remove_partial(folder: Path) -> None:
